@@ -1,0 +1,102 @@
+// 2-D convolution (cross-correlation, as every DL framework defines it) with stride, padding,
+// dilation and groups: dense, depthwise (groups == channels), pointwise (1x1) and dilated
+// depthwise are all this one op; the CPU backend picks a kernel per case.
+#pragma once
+
+#include "tnas/backend/cpu/conv.hpp"
+#include "tnas/ops/common.hpp"
+
+namespace tnas {
+
+struct Conv2dOptions {
+  int stride = 1;
+  int padding = 0;
+  int dilation = 1;
+  int groups = 1;
+};
+
+namespace ops::detail {
+inline cpu::Conv2dParams conv_params(const Tensor& x, const Tensor& w, const Conv2dOptions& o) {
+  require_same("conv2d", x, w);
+  require_rank("conv2d", x, 4, "input [N, C, H, W]");
+  require_rank("conv2d", w, 4, "weight [K, C/groups, R, S]");
+  TNAS_CHECK(o.stride >= 1 && o.dilation >= 1 && o.padding >= 0 && o.groups >= 1, "conv2d: stride ",
+             o.stride, ", dilation ", o.dilation, ", padding ", o.padding, ", groups ", o.groups,
+             " (need stride, dilation, groups >= 1 and padding >= 0)");
+  TNAS_CHECK(x.dim(1) % o.groups == 0 && w.dim(0) % o.groups == 0, "conv2d: groups ", o.groups,
+             " must divide input channels (", x.dim(1), ") and output channels (", w.dim(0), ")");
+  TNAS_CHECK(w.dim(1) * o.groups == x.dim(1), "conv2d: input ", x.shape(), " has ", x.dim(1),
+             " channels but weight ", w.shape(), " with groups ", o.groups, " expects ",
+             w.dim(1) * o.groups);
+  cpu::Conv2dParams p;
+  p.N = x.dim(0), p.C = x.dim(1), p.H = x.dim(2), p.W = x.dim(3);
+  p.K = w.dim(0), p.R = w.dim(2), p.S = w.dim(3);
+  p.stride_h = p.stride_w = o.stride;
+  p.pad_h = p.pad_w = o.padding;
+  p.dil_h = p.dil_w = o.dilation;
+  p.groups = o.groups;
+  TNAS_CHECK(p.P() >= 1 && p.Q() >= 1, "conv2d: input ", x.shape(), " is too small for weight ",
+             w.shape(), " with padding ", o.padding, " and dilation ", o.dilation);
+  return p;
+}
+}  // namespace ops::detail
+
+// y[N, K, P, Q] = conv(x[N, C, H, W], w[K, C/groups, R, S]) (+ bias[K] when defined).
+inline Tensor conv2d(const Tensor& x0, const Tensor& w0, const Conv2dOptions& o = {},
+                     const Tensor& bias = {}) {
+  cpu::Conv2dParams p = ops::detail::conv_params(x0, w0, o);
+  ops::detail::require_cpu("conv2d", x0);
+  Tensor x = x0.contiguous(), w = w0.contiguous();
+  Tensor y = Tensor::empty({p.N, p.K, p.P(), p.Q()}, x.dtype(), x.device());
+  dispatch(x.dtype(),
+           [&]<class T>() { cpu::conv2d_forward<T>(p, x.data<T>(), w.data<T>(), y.data<T>()); });
+  if (bias.defined()) {
+    ops::detail::require_same("conv2d", x0, bias);
+    TNAS_CHECK(bias.rank() == 1 && bias.dim(0) == p.K, "conv2d: bias of shape ", bias.shape(),
+               " for ", p.K, " output channels");
+    Tensor b = bias.contiguous();
+    dispatch(x.dtype(), [&]<class T>() {
+      T* py = y.data<T>();
+      const T* pb = b.data<T>();
+      const int64_t PQ = p.P() * p.Q();
+      for (int64_t n = 0; n < p.N; ++n)
+        for (int64_t k = 0; k < p.K; ++k)
+          for (int64_t i = 0; i < PQ; ++i) py[(n * p.K + k) * PQ + i] += pb[k];
+    });
+  }
+  if (autograd::needs_grad({&x0, &w0, &bias})) {
+    Tensor xd = x.detach(), wd = w.detach();
+    const bool gx = x0.requires_grad(), gw = w0.requires_grad();
+    const bool gb = bias.defined() && bias.requires_grad();
+    autograd::record("conv2d", y, {&x0, &w0, &bias}, [=](const Tensor& g0) {
+      Tensor g = g0.contiguous();
+      Tensor dx, dw, db;
+      dispatch(g.dtype(), [&]<class T>() {
+        if (gx) {
+          dx = Tensor::empty(xd.shape(), g.dtype(), g.device());
+          cpu::conv2d_backward_input<T>(p, g.data<T>(), wd.data<T>(), dx.data<T>());
+        }
+        if (gw) {
+          dw = Tensor::empty(wd.shape(), g.dtype(), g.device());
+          cpu::conv2d_backward_weight<T>(p, xd.data<T>(), g.data<T>(), dw.data<T>());
+        }
+        if (gb) {
+          db = Tensor::zeros({p.K}, g.dtype(), g.device());
+          const T* pg = g.data<T>();
+          T* o = db.data<T>();
+          const int64_t PQ = p.P() * p.Q();
+          for (int64_t n = 0; n < p.N; ++n)
+            for (int64_t k = 0; k < p.K; ++k) {
+              T s = 0;
+              for (int64_t i = 0; i < PQ; ++i) s += pg[(n * p.K + k) * PQ + i];
+              o[k] += s;
+            }
+        }
+      });
+      return std::vector<Tensor>{dx, dw, db};
+    });
+  }
+  return y;
+}
+
+}  // namespace tnas

@@ -1,0 +1,158 @@
+// Softmax, log-softmax and cross-entropy with integer labels.
+#pragma once
+
+#include <cmath>
+#include <span>
+#include <vector>
+
+#include "tnas/ops/common.hpp"
+
+namespace tnas {
+
+namespace ops::detail {
+// Row-wise log-softmax of a [rows, cols] contiguous array.
+template <class T>
+void log_softmax_rows(const T* x, T* y, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * cols;
+    T* yr = y + r * cols;
+    T m = xr[0];
+    for (int64_t c = 1; c < cols; ++c) m = std::max(m, xr[c]);
+    double s = 0;
+    for (int64_t c = 0; c < cols; ++c) s += std::exp(double(xr[c] - m));
+    const T lse = m + T(std::log(s));
+    for (int64_t c = 0; c < cols; ++c) yr[c] = xr[c] - lse;
+  }
+}
+inline void require_last_axis(const char* op, const Tensor& x, int axis) {
+  TNAS_CHECK(x.rank() >= 1, op, ": needs rank >= 1");
+  TNAS_CHECK(x.shape().axis(axis) == x.rank() - 1, op, ": only the last axis is supported, got ",
+             "axis ", axis, " for shape ", x.shape());
+}
+}  // namespace ops::detail
+
+// log(softmax(x)) along the last axis, computed stably.
+inline Tensor log_softmax(const Tensor& x0, int axis = -1) {
+  ops::detail::require_last_axis("log_softmax", x0, axis);
+  ops::detail::require_cpu("log_softmax", x0);
+  Tensor x = x0.contiguous();
+  const int64_t cols = x.dim(-1), rows = x.numel() / std::max<int64_t>(1, cols);
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  dispatch(x.dtype(), [&]<class T>() {
+    ops::detail::log_softmax_rows(x.data<T>(), out.data<T>(), rows, cols);
+  });
+  if (autograd::needs_grad({&x0})) {
+    Tensor yd = out.detach();
+    autograd::record("log_softmax", out, {&x0}, [yd, rows, cols](const Tensor& g0) {
+      Tensor g = g0.contiguous();
+      Tensor gx = Tensor::empty(g.shape(), g.dtype(), g.device());
+      dispatch(g.dtype(), [&]<class T>() {
+        const T* pg = g.data<T>();
+        const T* py = yd.data<T>();
+        T* o = gx.data<T>();
+        for (int64_t r = 0; r < rows; ++r) {
+          T s = 0;
+          for (int64_t c = 0; c < cols; ++c) s += pg[r * cols + c];
+          for (int64_t c = 0; c < cols; ++c)
+            o[r * cols + c] = pg[r * cols + c] - std::exp(py[r * cols + c]) * s;
+        }
+      });
+      return std::vector<Tensor>{gx};
+    });
+  }
+  return out;
+}
+
+// softmax(x) along the last axis.
+inline Tensor softmax(const Tensor& x0, int axis = -1) {
+  ops::detail::require_last_axis("softmax", x0, axis);
+  ops::detail::require_cpu("softmax", x0);
+  Tensor x = x0.contiguous();
+  const int64_t cols = x.dim(-1), rows = x.numel() / std::max<int64_t>(1, cols);
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  dispatch(x.dtype(), [&]<class T>() {
+    T* o = out.data<T>();
+    ops::detail::log_softmax_rows(x.data<T>(), o, rows, cols);
+    for (int64_t i = 0; i < x.numel(); ++i) o[i] = std::exp(o[i]);
+  });
+  if (autograd::needs_grad({&x0})) {
+    Tensor yd = out.detach();
+    autograd::record("softmax", out, {&x0}, [yd, rows, cols](const Tensor& g0) {
+      Tensor g = g0.contiguous();
+      Tensor gx = Tensor::empty(g.shape(), g.dtype(), g.device());
+      dispatch(g.dtype(), [&]<class T>() {
+        const T* pg = g.data<T>();
+        const T* py = yd.data<T>();
+        T* o = gx.data<T>();
+        for (int64_t r = 0; r < rows; ++r) {
+          T s = 0;
+          for (int64_t c = 0; c < cols; ++c) s += pg[r * cols + c] * py[r * cols + c];
+          for (int64_t c = 0; c < cols; ++c)
+            o[r * cols + c] = py[r * cols + c] * (pg[r * cols + c] - s);
+        }
+      });
+      return std::vector<Tensor>{gx};
+    });
+  }
+  return out;
+}
+
+// Mean cross-entropy of logits [B, K] against integer labels in [0, K).
+inline Tensor cross_entropy(const Tensor& logits0, std::span<const int32_t> labels) {
+  ops::detail::require_rank("cross_entropy", logits0, 2, "logits");
+  ops::detail::require_cpu("cross_entropy", logits0);
+  const int64_t B = logits0.dim(0), K = logits0.dim(1);
+  TNAS_CHECK(int64_t(labels.size()) == B, "cross_entropy: ", labels.size(), " labels for ", B,
+             " rows of logits ", logits0.shape());
+  TNAS_CHECK(B > 0, "cross_entropy: empty batch");
+  for (size_t i = 0; i < labels.size(); ++i)
+    TNAS_CHECK(labels[i] >= 0 && labels[i] < K, "cross_entropy: label ", labels[i], " at row ", i,
+               " is outside [0, ", K, ")");
+  Tensor x = logits0.contiguous();
+  Tensor logp = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor out = Tensor::empty(Shape{}, x.dtype(), x.device());
+  dispatch(x.dtype(), [&]<class T>() {
+    T* lp = logp.data<T>();
+    ops::detail::log_softmax_rows(x.data<T>(), lp, B, K);
+    double s = 0;
+    for (int64_t i = 0; i < B; ++i) s -= lp[i * K + labels[i]];
+    *out.data<T>() = T(s / double(B));
+  });
+  if (autograd::needs_grad({&logits0})) {
+    std::vector<int32_t> lab(labels.begin(), labels.end());
+    Tensor lpd = logp;
+    autograd::record("cross_entropy", out, {&logits0}, [lpd, lab, B, K](const Tensor& g) {
+      Tensor gx = Tensor::empty(lpd.shape(), lpd.dtype(), lpd.device());
+      const double gs = g.item() / double(B);
+      dispatch(lpd.dtype(), [&]<class T>() {
+        const T* lp = lpd.data<T>();
+        T* o = gx.data<T>();
+        for (int64_t i = 0; i < B; ++i)
+          for (int64_t k = 0; k < K; ++k)
+            o[i * K + k] = T((std::exp(double(lp[i * K + k])) - (k == lab[i] ? 1.0 : 0.0)) * gs);
+      });
+      return std::vector<Tensor>{gx};
+    });
+  }
+  return out;
+}
+
+// Index of the largest logit in each row of [B, K] (ties: the first).
+inline std::vector<int32_t> argmax_rows(const Tensor& logits) {
+  ops::detail::require_rank("argmax_rows", logits, 2, "logits");
+  Tensor x = logits.to(Device::cpu).contiguous();
+  std::vector<int32_t> out(x.dim(0));
+  dispatch(x.dtype(), [&]<class T>() {
+    const T* p = x.data<T>();
+    const int64_t K = x.dim(1);
+    for (int64_t i = 0; i < x.dim(0); ++i) {
+      int64_t best = 0;
+      for (int64_t k = 1; k < K; ++k)
+        if (p[i * K + k] > p[i * K + best]) best = k;
+      out[i] = int32_t(best);
+    }
+  });
+  return out;
+}
+
+}  // namespace tnas

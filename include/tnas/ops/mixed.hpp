@@ -1,0 +1,100 @@
+// The mixed-op weighted sum of weight-sharing NAS: out = sum_k w[k] * y[k], as one op over all
+// candidate outputs. One pass over the candidates in forward, and one in backward that yields
+// both the candidates' gradients (w[k] * g) and the weights' (<g, y[k]>), instead of K
+// broadcast multiplies and K - 1 adds each with its own node and temporaries.
+#pragma once
+
+#include <vector>
+
+#include "tnas/ops/common.hpp"
+
+namespace tnas {
+
+// ys[k] may be undefined: a candidate known to output zeros (the `none` op), which adds
+// nothing and whose weight gets a zero gradient. w is a [K] vector.
+inline Tensor weighted_sum(const std::vector<Tensor>& ys, const Tensor& w) {
+  TNAS_CHECK(!ys.empty(), "weighted_sum: no candidates");
+  TNAS_CHECK(w.defined() && w.rank() == 1 && w.dim(0) == int64_t(ys.size()),
+             "weighted_sum: weights of shape ", w.defined() ? w.shape().str() : "undefined",
+             " for ", ys.size(), " candidates");
+  const Tensor* first = nullptr;
+  for (const Tensor& y : ys) {
+    if (!y.defined()) continue;
+    if (!first) first = &y;
+    ops::detail::require_same("weighted_sum", *first, y);
+    TNAS_CHECK(y.shape() == first->shape(), "weighted_sum: candidate shapes differ, ",
+               first->shape(), " and ", y.shape());
+  }
+  TNAS_CHECK(first, "weighted_sum: every candidate is undefined (all `none`); the output shape is ",
+             "unknown");
+  ops::detail::require_same("weighted_sum", *first, w);
+  ops::detail::require_cpu("weighted_sum", w);
+  const size_t K = ys.size();
+  std::vector<Tensor> yc(K);
+  for (size_t k = 0; k < K; ++k)
+    if (ys[k].defined()) yc[k] = ys[k].contiguous();
+  Tensor wc = w.contiguous();
+  Tensor out = Tensor::empty(first->shape(), first->dtype(), first->device());
+  const int64_t n = out.numel();
+  dispatch(out.dtype(), [&]<class T>() {
+    T* o = out.data<T>();
+    const T* pw = wc.data<T>();
+    bool init = false;
+    for (size_t k = 0; k < K; ++k) {
+      if (!yc[k].defined()) continue;
+      const T* py = yc[k].data<T>();
+      const T wk = pw[k];
+      if (!init) {
+#pragma omp parallel for simd if (n > 65536)
+        for (int64_t i = 0; i < n; ++i) o[i] = wk * py[i];
+        init = true;
+      } else {
+#pragma omp parallel for simd if (n > 65536)
+        for (int64_t i = 0; i < n; ++i) o[i] += wk * py[i];
+      }
+    }
+  });
+  std::vector<Tensor> inputs = ys;
+  inputs.push_back(w);
+  if (autograd::needs_grad(inputs)) {
+    std::vector<Tensor> yd(K);
+    std::vector<bool> need(K);
+    for (size_t k = 0; k < K; ++k) {
+      need[k] = ys[k].defined() && ys[k].requires_grad();
+      if (yc[k].defined() && w.requires_grad()) yd[k] = yc[k].detach();
+    }
+    Tensor wd = wc.detach();
+    const bool need_w = w.requires_grad();
+    autograd::record_vec("weighted_sum", out, inputs, [yd, need, wd, need_w, K](const Tensor& g0) {
+      Tensor g = g0.contiguous();
+      std::vector<Tensor> grads(K + 1);
+      const int64_t n = g.numel();
+      dispatch(g.dtype(), [&]<class T>() {
+        const T* pg = g.data<T>();
+        const T* pw = wd.data<T>();
+        Tensor gw = need_w ? Tensor::zeros(wd.shape(), g.dtype(), g.device()) : Tensor();
+        for (size_t k = 0; k < K; ++k) {
+          if (need[k]) {
+            grads[k] = Tensor::empty(g.shape(), g.dtype(), g.device());
+            T* o = grads[k].data<T>();
+            const T wk = pw[k];
+#pragma omp parallel for simd if (n > 65536)
+            for (int64_t i = 0; i < n; ++i) o[i] = wk * pg[i];
+          }
+          if (need_w && yd[k].defined()) {
+            const T* py = yd[k].data<T>();
+            double s = 0;
+#pragma omp parallel for simd reduction(+ : s) if (n > 65536)
+            for (int64_t i = 0; i < n; ++i) s += double(pg[i]) * py[i];
+            gw.data<T>()[k] = T(s);
+          }
+        }
+        grads[K] = gw;
+      });
+      return grads;
+    });
+  }
+  return out;
+}
+
+}  // namespace tnas
