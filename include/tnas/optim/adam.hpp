@@ -1,0 +1,82 @@
+// Adam, following torch.optim.Adam (amsgrad off) exactly:
+//   t = t + 1 (per parameter)
+//   g = g + weight_decay * p            (L2 penalty added to the gradient, not AdamW)
+//   m = beta1 * m + (1 - beta1) * g
+//   v = beta2 * v + (1 - beta2) * g^2
+//   p = p - (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+// DARTS trains its architecture parameters with Adam(lr 3e-4, betas (0.5, 0.999), wd 1e-3).
+#pragma once
+
+#include <cmath>
+
+#include "tnas/optim/optimizer.hpp"
+
+namespace tnas::optim {
+
+struct AdamOptions {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0;
+};
+
+class Adam : public Optimizer {
+ public:
+  Adam(std::vector<Tensor> params, const AdamOptions& o)
+      : Optimizer("Adam", std::move(params), o.lr), o_(o) {
+    TNAS_CHECK(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1, "Adam: betas must ",
+               "be in [0, 1), got (", o.beta1, ", ", o.beta2, ")");
+    TNAS_CHECK(o.eps >= 0 && o.weight_decay >= 0, "Adam: eps (", o.eps, ") and weight_decay (",
+               o.weight_decay, ") must be >= 0");
+  }
+  explicit Adam(std::vector<Tensor> params, double lr = 1e-3,
+                std::pair<double, double> betas = {0.9, 0.999}, double eps = 1e-8,
+                double weight_decay = 0)
+      : Adam(std::move(params), AdamOptions{lr, betas.first, betas.second, eps, weight_decay}) {}
+
+  void step() override {
+    const double lr = this->lr();
+    for_each_with_grad([&](Tensor& p, const Tensor& g, ParamState& s) {
+      for (auto& b : s.buf)
+        if (!b.defined()) b = Tensor::zeros(p.shape(), p.dtype(), p.device());
+      // The scalar factors in double, as PyTorch computes them on the host.
+      const double bc1 = 1 - std::pow(o_.beta1, double(s.step));
+      const double bc2_sqrt = std::sqrt(1 - std::pow(o_.beta2, double(s.step)));
+      dispatch(p.dtype(), [&]<class T>() {
+        T* pp = p.data<T>();
+        const T* pg = g.data<T>();
+        T* m = s.buf[0].data<T>();
+        T* v = s.buf[1].data<T>();
+        const T w1 = T(1 - o_.beta1), w2 = T(1 - o_.beta2), b2 = T(o_.beta2);
+        const T wd = T(o_.weight_decay), eps = T(o_.eps);
+        const T step_size = T(lr / bc1), c2 = T(bc2_sqrt);
+        const int64_t n = p.numel();
+        for (int64_t i = 0; i < n; ++i) {
+          T d = pg[i];
+          if (o_.weight_decay != 0) d += wd * pp[i];
+          // m.lerp_(d, 1 - beta1), v.mul_(beta2).addcmul_(d, d, 1 - beta2),
+          // p.addcdiv_(m, sqrt(v) / c2 + eps, -step_size): PyTorch's operation order.
+          m[i] = w1 < T(0.5) ? m[i] + w1 * (d - m[i]) : d - (d - m[i]) * (T(1) - w1);
+          v[i] = v[i] * b2 + w2 * (d * d);
+          pp[i] += -step_size * (m[i] / (std::sqrt(v[i]) / c2 + eps));
+        }
+      });
+    });
+  }
+  const AdamOptions& options() const { return o_; }
+
+ protected:
+  std::vector<std::string> buffer_names() const override { return {"exp_avg", "exp_avg_sq"}; }
+  std::vector<std::pair<std::string, double>> hyperparameters() const override {
+    return {{"beta1", o_.beta1},
+            {"beta2", o_.beta2},
+            {"eps", o_.eps},
+            {"weight_decay", o_.weight_decay}};
+  }
+
+ private:
+  AdamOptions o_;
+};
+
+}  // namespace tnas::optim
