@@ -1,0 +1,6 @@
+// expect-error: template constraint failure for .*Operator<Ops>
+// op_set's parameters must satisfy the op::Operator concept; the diagnostic names it.
+#include "tnas/space/op_set.hpp"
+
+struct NotAnOp {};
+static_assert(tnas::space::op_set<tnas::op::none, NotAnOp>::size == 2);
