@@ -1,0 +1,258 @@
+// tnas-search: the main job. Searches a cell on an IDX image data set (Fashion-MNIST by default)
+// with a weight-sharing strategy, retrains the found architecture from scratch on the whole
+// training set, and evaluates it on the test set.
+//
+// stderr carries progress; the LAST LINE ON STDOUT is one JSON object with the genotype, the
+// test accuracy of the retrained network, its size and the times. The --out folder holds the
+// genotype (text, JSON, DOT), the search and training logs (CSV, per-epoch alphas as JSON
+// lines) and the checkpoints; --resume continues a killed run from them.
+//
+// With --budget-minutes N the whole job (search + retraining) is planned to end in N minutes:
+// a short timing run measures this machine's step rate, and epochs are chosen to fit.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "tnas/tnas.hpp"
+
+using namespace tnas;
+
+namespace {
+
+struct Args {
+  std::string data = "/usr/share/datasets/fashion-mnist";
+  std::string space = "darts";
+  std::string strategy = "darts";
+  bool second_order = false;
+  double budget_minutes = 12;
+  int epochs = 0;        // search epochs; 0: from the budget
+  int64_t channels = 8;  // supernet C
+  int64_t cells = 5;     // supernet cells (NB201: cells per stage)
+  int64_t batch = 64;
+  int64_t search_samples = 10000;  // training images used by the search (split in halves)
+  int train_epochs = 0;            // retraining epochs; 0: from the budget
+  int64_t train_channels = 16;
+  int64_t train_cells = 5;
+  int64_t train_batch = 96;
+  double search_share = 0.3;  // share of the budget for the search
+  uint64_t seed = 2;
+  std::string out = "tnas-out";
+  bool resume = false;
+  std::string device = "cpu";
+  bool quiet = false;
+};
+
+// Seconds per step of `step`, from a few timed steps after one warm-up.
+template <class F>
+double time_steps(F&& step, int n = 3) {
+  step();
+  const double t0 = train::Progress::now();
+  for (int i = 0; i < n; ++i) step();
+  return (train::Progress::now() - t0) / n;
+}
+
+data::Batch first_batch(const data::Dataset& ds, int64_t batch) {
+  data::DataLoader l(ds, {.batch_size = batch, .shuffle = false, .drop_last = true});
+  data::Batch b;
+  TNAS_CHECK(l.next(b), "tnas-search: the data set holds no full batch of ", batch);
+  return b;
+}
+
+template <class Space, class EvalNet, class EvalConfig>
+nlohmann::json run(const Args& a, const data::Dataset& train_all, const data::Dataset& test,
+                   EvalConfig eval_cfg) {
+  namespace fs = std::filesystem;
+  const double t_start = train::Progress::now();
+  const double budget = a.budget_minutes * 60.0;
+  const fs::path out = a.out;
+  fs::create_directories(out);
+
+  // ---- search -----------------------------------------------------------------------------
+  const int64_t n_search = std::min(a.search_samples, train_all.size());
+  auto pool = data::split_train_valid(train_all, n_search, a.seed).valid;  // a random subset
+  auto halves = data::split_train_valid(pool, n_search / 2, a.seed + 1);
+  search::SupernetConfig scfg{.in_channels = train_all.channels(),
+                              .channels = a.channels,
+                              .cells = a.cells,
+                              .classes = train_all.num_classes,
+                              .seed = a.seed};
+  search::Supernet<Space> net(scfg);
+  search::DartsOptions dopt{.second_order = a.second_order,
+                            .batch = a.batch,
+                            .out_dir = out / "search",
+                            .resume = a.resume,
+                            .verbose = !a.quiet,
+                            .seed = a.seed};
+  const int64_t steps_per_epoch = halves.train.size() / a.batch;
+  int search_epochs = a.epochs;
+  if (search_epochs <= 0) {
+    // Plan the search to fill its share of the budget (the cosine schedule then ends on time).
+    search::Supernet<Space> probe(scfg);
+    search::Darts<search::Supernet<Space>> pd(probe, dopt);
+    data::Batch bt = first_batch(halves.train, a.batch), bv = first_batch(halves.valid, a.batch);
+    const double sps = time_steps([&] { pd.step(bt, bv, true); }, 2);
+    search_epochs =
+        std::max<int>(1, int(budget * a.search_share / (sps * double(steps_per_epoch) * 1.1)));
+    std::fprintf(stderr, "plan: search step %.2fs -> %d search epoch(s) of %lld steps\n", sps,
+                 search_epochs, (long long)steps_per_epoch);
+  }
+  dopt.epochs = search_epochs;
+  dopt.budget_seconds = budget > 0 ? budget * a.search_share * 1.15 : 0;
+  search::Darts<search::Supernet<Space>> darts(net, dopt);
+  auto found = darts.run(halves.train, halves.valid);
+  const double search_seconds = train::Progress::now() - t_start;
+  const auto& g = found.genotype;
+  {
+    std::ofstream(out / "genotype.txt") << g.str() << '\n';
+    g.save_json(out / "genotype.json");
+    if constexpr (Space::kind == space::SpaceKind::darts) {
+      g.write_dot(out / "normal.dot", space::CellType::normal);
+      g.write_dot(out / "reduce.dot", space::CellType::reduce);
+      space::render_png(out / "normal.dot");
+      space::render_png(out / "reduce.dot");
+    } else {
+      g.write_dot(out / "cell.dot");
+      space::render_png(out / "cell.dot");
+    }
+  }
+  const double supernet_valid_acc =
+      found.history.empty() ? 0.0 : found.history.back().supernet_valid_acc;
+  std::fprintf(stderr, "search done in %.0fs: %s\n", search_seconds, g.str().c_str());
+
+  // ---- retrain the found architecture from scratch ------------------------------------------
+  EvalNet model(g, eval_cfg);
+  train::FitOptions fopt;
+  fopt.batch_size = a.train_batch;
+  fopt.lr = 0.05;
+  fopt.nesterov = true;
+  fopt.augment.crop_padding = 2;
+  fopt.out_dir = out / "train";
+  fopt.resume = a.resume;
+  fopt.verbose = !a.quiet;
+  fopt.seed = a.seed;
+  fopt.eval_every = 0;  // the test set is looked at once, at the end
+  const double left = budget > 0 ? budget - (train::Progress::now() - t_start) : 0;
+  int train_epochs = a.train_epochs;
+  const int64_t train_steps = train_all.size() / a.train_batch;
+  if (train_epochs <= 0) {
+    TNAS_CHECK(budget > 0, "tnas-search: give --train-epochs or a --budget-minutes");
+    data::Batch b = first_batch(train_all, a.train_batch);
+    optim::SGD sgd(model.parameters(), {.lr = 1e-9});
+    const double sps = time_steps([&] {
+      sgd.zero_grad();
+      backward(cross_entropy(model.forward(b.x), b.labels));
+      sgd.step();
+    });
+    // Reserve time for the final test evaluation (about a tenth of a training epoch).
+    const double usable = left * 0.92;
+    const double epoch_s = sps * double(train_steps) * 1.05;
+    train_epochs = std::max(1, int(usable / epoch_s));
+    if (usable < epoch_s)
+      fopt.steps_per_epoch = std::max<int64_t>(50, int64_t(usable / sps / 1.05));
+    std::fprintf(stderr, "plan: train step %.3fs -> %d epoch(s)%s, %.0fs left\n", sps, train_epochs,
+                 usable < epoch_s ? " (partial)" : "", left);
+    EvalNet fresh(g, eval_cfg);  // the timing steps touched BN statistics; start clean
+    model.load_state_dict(fresh.state_dict());
+  }
+  fopt.epochs = train_epochs;
+  fopt.budget_seconds = budget > 0 ? std::max(60.0, left) : 0;
+  auto fitted = train::fit(model, train_all, test, fopt);
+  const double total = train::Progress::now() - t_start;
+
+  nlohmann::json j;
+  j["genotype"] = g.str();
+  j["space"] = a.space;
+  j["strategy"] = a.strategy + (a.second_order ? " (second order)" : " (first order)");
+  j["test_accuracy"] = fitted.eval_acc;
+  j["test_loss"] = fitted.eval_loss;
+  j["supernet_valid_accuracy"] = supernet_valid_acc;
+  j["params"] = model.num_parameters();
+  j["search_epochs"] = found.epochs_done;
+  j["train_epochs"] = fitted.epochs_done;
+  j["param_free_ops"] = g.parameter_free_ops();
+  j["search_seconds"] = search_seconds;
+  j["total_seconds"] = total;
+  j["seed"] = a.seed;
+  j["out"] = out.string();
+  std::ofstream(out / "result.json") << j.dump(2) << '\n';
+  return j;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  CLI::App app{"tnas-search: neural architecture search on IDX image data, then retraining"};
+  app.add_option("--data", a.data, "directory with MNIST-layout IDX files (train-*, t10k-*)");
+  app.add_option("--space", a.space, "search space")->check(CLI::IsMember({"darts", "nb201"}));
+  app.add_option("--strategy", a.strategy, "search strategy")->check(CLI::IsMember({"darts"}));
+  app.add_flag("--second-order", a.second_order, "DARTS' second-order (unrolled) alpha gradient");
+  app.add_option("--budget-minutes", a.budget_minutes,
+                 "wall-clock plan for search + retraining (epochs are fitted to it); 0: none")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--epochs", a.epochs, "search epochs (0: from the budget)");
+  app.add_option("--channels", a.channels, "supernet channels C")->check(CLI::PositiveNumber);
+  app.add_option("--cells", a.cells, "supernet cells (nb201: cells per stage)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--batch", a.batch, "search batch size")->check(CLI::PositiveNumber);
+  app.add_option("--search-samples", a.search_samples,
+                 "training images the search uses (halves: weights / alpha)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--train-epochs", a.train_epochs, "retraining epochs (0: from the budget)");
+  app.add_option("--train-channels", a.train_channels, "retrained network channels C");
+  app.add_option("--train-cells", a.train_cells, "retrained network cells");
+  app.add_option("--train-batch", a.train_batch, "retraining batch size");
+  app.add_option("--search-share", a.search_share, "share of the budget for the search")
+      ->check(CLI::Range(0.05, 0.95));
+  app.add_option("--seed", a.seed, "random seed (data split, initialisation, shuffling)");
+  app.add_option("--out", a.out, "output folder (genotype, logs, checkpoints)");
+  app.add_flag("--resume", a.resume, "continue from the checkpoints in --out");
+  app.add_option("--device", a.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_flag("--quiet", a.quiet, "no progress output");
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    TNAS_CHECK(a.device == "cpu", "tnas-search: --device ", a.device,
+               " needs the CUDA backend, which this build does not have");
+    const double t0 = train::Progress::now();
+    data::Dataset train_all = data::load_idx_dataset(a.data, "train");
+    data::Dataset test = data::load_idx_dataset(a.data, "t10k");
+    auto st = data::channel_stats(train_all);
+    train_all.normalize(st.mean, st.std);
+    test.normalize(st.mean, st.std);
+    std::fprintf(stderr,
+                 "data: %s: %lld train / %lld test images, %lldx%lldx%lld, %d classes (%.1fs)\n",
+                 a.data.c_str(), (long long)train_all.size(), (long long)test.size(),
+                 (long long)train_all.channels(), (long long)train_all.height(),
+                 (long long)train_all.width(), train_all.num_classes, train::Progress::now() - t0);
+    nlohmann::json j;
+    if (a.space == "darts") {
+      train::DartsNetworkConfig cfg{.in_channels = train_all.channels(),
+                                    .channels = a.train_channels,
+                                    .cells = a.train_cells,
+                                    .classes = train_all.num_classes,
+                                    .drop_path_prob = 0.0,
+                                    .image_size = train_all.height(),
+                                    .seed = a.seed};
+      j = run<space::Darts, train::DartsNetwork>(a, train_all, test, cfg);
+    } else {
+      train::Nb201NetworkConfig cfg{.in_channels = train_all.channels(),
+                                    .channels = a.train_channels,
+                                    .cells = std::max<int64_t>(1, a.train_cells / 3),
+                                    .classes = train_all.num_classes,
+                                    .seed = a.seed};
+      j = run<space::Nb201, train::Nb201Network>(a, train_all, test, cfg);
+    }
+    std::fprintf(stderr, "found architecture: %s\nretrained test accuracy: %.4f (%lld params)\n",
+                 j["genotype"].get<std::string>().c_str(), j["test_accuracy"].get<double>(),
+                 (long long)j["params"].get<int64_t>());
+    std::printf("%s\n", j.dump().c_str());
+  } catch (const Error& e) {
+    std::fprintf(stderr, "tnas-search: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
