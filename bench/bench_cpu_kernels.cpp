@@ -1,5 +1,5 @@
 // CPU kernel benches at the DARTS search shapes: N = 64 and (C, H=W) in {(16, 32), (32, 16),
-// (64, 8)}. Names read BM_<op>_<fwd|fwdbwd>/C/H. Bytes processed: fwd counts x read + y written;
+// (64, 8)}. Names read BM_kernel_<op>_<fwd|fwdbwd>/C/H. Bytes processed: fwd counts x read + y written;
 // fwdbwd counts every tensor each kernel reads or writes (conv: x,y + gy,gx + x,gy; pool:
 // x,y + x,gy,gx). Run with OMP_NUM_THREADS=2 --benchmark_min_time=0.2.
 #include <benchmark/benchmark.h>
@@ -125,7 +125,7 @@ void run_bn(benchmark::State& st, bool bwd) {
 
 // Pointwise forward the other way: images in turn, each GEMM multi-threaded by Eigen (the
 // library parallelises over the batch instead; this is here to compare).
-void BM_pw1x1_fwd_eigen_mt(benchmark::State& st) {
+void BM_kernel_pw1x1_fwd_eigen_mt(benchmark::State& st) {
   const auto p = conv_params(st, 1, 1, false);
   const int64_t HW = p.H * p.W, xs = p.N * p.C * HW, ys = p.N * p.K * HW;
   Buf x(xs, 1), w(p.K * p.C, 2), y(ys, 3);
@@ -139,52 +139,52 @@ void BM_pw1x1_fwd_eigen_mt(benchmark::State& st) {
   st.SetBytesProcessed(st.iterations() * (xs + ys) * int64_t(sizeof(float)));
 }
 
-void BM_dw3x3_fwd(benchmark::State& st) {
+void BM_kernel_dw3x3_fwd(benchmark::State& st) {
   run_conv(st, 3, 1, true, false);
 }
-void BM_dw3x3_fwdbwd(benchmark::State& st) {
+void BM_kernel_dw3x3_fwdbwd(benchmark::State& st) {
   run_conv(st, 3, 1, true, true);
 }
-void BM_dw5x5_fwd(benchmark::State& st) {
+void BM_kernel_dw5x5_fwd(benchmark::State& st) {
   run_conv(st, 5, 1, true, false);
 }
-void BM_dw5x5_fwdbwd(benchmark::State& st) {
+void BM_kernel_dw5x5_fwdbwd(benchmark::State& st) {
   run_conv(st, 5, 1, true, true);
 }
-void BM_dil3x3_fwd(benchmark::State& st) {
+void BM_kernel_dil3x3_fwd(benchmark::State& st) {
   run_conv(st, 3, 2, true, false);
 }
-void BM_dil3x3_fwdbwd(benchmark::State& st) {
+void BM_kernel_dil3x3_fwdbwd(benchmark::State& st) {
   run_conv(st, 3, 2, true, true);
 }
-void BM_dil5x5_fwd(benchmark::State& st) {
+void BM_kernel_dil5x5_fwd(benchmark::State& st) {
   run_conv(st, 5, 2, true, false);
 }
-void BM_dil5x5_fwdbwd(benchmark::State& st) {
+void BM_kernel_dil5x5_fwdbwd(benchmark::State& st) {
   run_conv(st, 5, 2, true, true);
 }
-void BM_pw1x1_fwd(benchmark::State& st) {
+void BM_kernel_pw1x1_fwd(benchmark::State& st) {
   run_conv(st, 1, 1, false, false);
 }
-void BM_pw1x1_fwdbwd(benchmark::State& st) {
+void BM_kernel_pw1x1_fwdbwd(benchmark::State& st) {
   run_conv(st, 1, 1, false, true);
 }
-void BM_maxpool3x3_fwd(benchmark::State& st) {
+void BM_kernel_maxpool3x3_fwd(benchmark::State& st) {
   run_pool(st, true, false);
 }
-void BM_maxpool3x3_fwdbwd(benchmark::State& st) {
+void BM_kernel_maxpool3x3_fwdbwd(benchmark::State& st) {
   run_pool(st, true, true);
 }
-void BM_avgpool3x3_fwd(benchmark::State& st) {
+void BM_kernel_avgpool3x3_fwd(benchmark::State& st) {
   run_pool(st, false, false);
 }
-void BM_avgpool3x3_fwdbwd(benchmark::State& st) {
+void BM_kernel_avgpool3x3_fwdbwd(benchmark::State& st) {
   run_pool(st, false, true);
 }
-void BM_bn_fwd(benchmark::State& st) {
+void BM_kernel_bn_fwd(benchmark::State& st) {
   run_bn(st, false);
 }
-void BM_bn_fwdbwd(benchmark::State& st) {
+void BM_kernel_bn_fwdbwd(benchmark::State& st) {
   run_bn(st, true);
 }
 
@@ -194,22 +194,22 @@ void darts_shapes(benchmark::internal::Benchmark* b) {
 
 }  // namespace
 
-BENCHMARK(BM_dw3x3_fwd)->Apply(darts_shapes);
-BENCHMARK(BM_dw3x3_fwdbwd)->Apply(darts_shapes);
-BENCHMARK(BM_dw5x5_fwd)->Apply(darts_shapes);
-BENCHMARK(BM_dw5x5_fwdbwd)->Apply(darts_shapes);
-BENCHMARK(BM_dil3x3_fwd)->Apply(darts_shapes);
-BENCHMARK(BM_dil3x3_fwdbwd)->Apply(darts_shapes);
-BENCHMARK(BM_dil5x5_fwd)->Apply(darts_shapes);
-BENCHMARK(BM_dil5x5_fwdbwd)->Apply(darts_shapes);
-BENCHMARK(BM_pw1x1_fwd)->Apply(darts_shapes);
-BENCHMARK(BM_pw1x1_fwd_eigen_mt)->Apply(darts_shapes);
-BENCHMARK(BM_pw1x1_fwdbwd)->Apply(darts_shapes);
-BENCHMARK(BM_maxpool3x3_fwd)->Apply(darts_shapes);
-BENCHMARK(BM_maxpool3x3_fwdbwd)->Apply(darts_shapes);
-BENCHMARK(BM_avgpool3x3_fwd)->Apply(darts_shapes);
-BENCHMARK(BM_avgpool3x3_fwdbwd)->Apply(darts_shapes);
-BENCHMARK(BM_bn_fwd)->Apply(darts_shapes);
-BENCHMARK(BM_bn_fwdbwd)->Apply(darts_shapes);
+BENCHMARK(BM_kernel_dw3x3_fwd)->Apply(darts_shapes);
+BENCHMARK(BM_kernel_dw3x3_fwdbwd)->Apply(darts_shapes);
+BENCHMARK(BM_kernel_dw5x5_fwd)->Apply(darts_shapes);
+BENCHMARK(BM_kernel_dw5x5_fwdbwd)->Apply(darts_shapes);
+BENCHMARK(BM_kernel_dil3x3_fwd)->Apply(darts_shapes);
+BENCHMARK(BM_kernel_dil3x3_fwdbwd)->Apply(darts_shapes);
+BENCHMARK(BM_kernel_dil5x5_fwd)->Apply(darts_shapes);
+BENCHMARK(BM_kernel_dil5x5_fwdbwd)->Apply(darts_shapes);
+BENCHMARK(BM_kernel_pw1x1_fwd)->Apply(darts_shapes);
+BENCHMARK(BM_kernel_pw1x1_fwd_eigen_mt)->Apply(darts_shapes);
+BENCHMARK(BM_kernel_pw1x1_fwdbwd)->Apply(darts_shapes);
+BENCHMARK(BM_kernel_maxpool3x3_fwd)->Apply(darts_shapes);
+BENCHMARK(BM_kernel_maxpool3x3_fwdbwd)->Apply(darts_shapes);
+BENCHMARK(BM_kernel_avgpool3x3_fwd)->Apply(darts_shapes);
+BENCHMARK(BM_kernel_avgpool3x3_fwdbwd)->Apply(darts_shapes);
+BENCHMARK(BM_kernel_bn_fwd)->Apply(darts_shapes);
+BENCHMARK(BM_kernel_bn_fwdbwd)->Apply(darts_shapes);
 
 BENCHMARK_MAIN();
