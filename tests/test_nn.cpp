@@ -243,7 +243,18 @@ TEST_CASE("DARTS blocks: output shapes at stride 1 and 2, even and odd sizes") {
         ops.push_back(std::make_shared<nn::FactorizedReduce>(C, C, false, rng));
       for (auto& op : ops) {
         INFO(op->name());
-        CHECK(op->forward(x).shape() == want);
+        Tensor y = op->forward(x);
+        CHECK(y.shape() == want);
+        // MixedOp feeds one shared relu(x) to every candidate that begins with a ReLU.
+        const bool relu_first = op->begins_with_relu();
+        CHECK(relu_first ==
+              (dynamic_cast<nn::SepConv*>(op.get()) || dynamic_cast<nn::DilConv*>(op.get()) ||
+               dynamic_cast<nn::ReLUConvBN*>(op.get()) ||
+               dynamic_cast<nn::FactorizedReduce*>(op.get())));
+        if (relu_first)
+          CHECK(op->forward_after_relu(relu(x)).to_vector() == y.to_vector());
+        else
+          CHECK_THROWS_AS(op->forward_after_relu(x), Error);
       }
     }
   }

@@ -2,7 +2,10 @@
 // conv-BN-ReLU blocks, SGD with Nesterov momentum and a cosine schedule. The last line on stdout
 // is a JSON object with the test accuracy.
 //
-//   fashion_mnist_cnn [--data DIR] [--epochs 3] [--batch 128] [--lr 0.05] [--seed 1]
+//   fashion_mnist_cnn [--data DIR] [--epochs 3] [--width 16] [--batch 128] [--lr 0.05] [--seed 1]
+//
+// The network: three conv3x3-BN-ReLU blocks of width w, 2w, 4w channels with 2x2 max pooling
+// after the first two, then a linear classifier.
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -26,11 +29,14 @@ int main(int argc, char** argv) {
   CLI::App app{"Train a small CNN on an IDX image data set (Fashion-MNIST by default)"};
   std::string dir = "/usr/share/datasets/fashion-mnist";
   int epochs = 3;
+  int64_t width = 16;
   int64_t batch = 128;
   double lr = 0.05;
   uint64_t seed = 1;
   app.add_option("--data", dir, "directory with train-/t10k- images and labels (IDX, .gz or not)");
   app.add_option("--epochs", epochs, "training epochs")->check(CLI::PositiveNumber);
+  app.add_option("--width", width, "channels of the first block (then 2x, 4x)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--batch", batch, "batch size")->check(CLI::PositiveNumber);
   app.add_option("--lr", lr, "initial learning rate")->check(CLI::PositiveNumber);
   app.add_option("--seed", seed, "random seed");
@@ -50,13 +56,13 @@ int main(int argc, char** argv) {
 
     Rng rng(seed);
     nn::Sequential net;
-    net.push_back(conv_bn_relu(train_ds.channels(), 32, rng));
+    net.push_back(conv_bn_relu(train_ds.channels(), width, rng));
     net.push_back(std::make_shared<nn::MaxPool2d>(2, 2, 0));
-    net.push_back(conv_bn_relu(32, 64, rng));
+    net.push_back(conv_bn_relu(width, 2 * width, rng));
     net.push_back(std::make_shared<nn::MaxPool2d>(2, 2, 0));
-    net.push_back(conv_bn_relu(64, 64, rng));
+    net.push_back(conv_bn_relu(2 * width, 4 * width, rng));
     net.push_back(std::make_shared<nn::Flatten>());
-    const int64_t feat = 64 * (train_ds.height() / 4) * (train_ds.width() / 4);
+    const int64_t feat = 4 * width * (train_ds.height() / 4) * (train_ds.width() / 4);
     net.push_back(std::make_shared<nn::Linear>(feat, train_ds.num_classes, rng));
     std::fprintf(stderr, "model: %lld parameters\n", (long long)net.num_parameters());
 

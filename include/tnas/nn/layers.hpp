@@ -293,6 +293,15 @@ class Sequential : public Module {
     for (auto& m : layers_) y = m->forward(y);
     return y;
   }
+  bool begins_with_relu() const override {
+    return !layers_.empty() && dynamic_cast<const ReLU*>(layers_.front().get()) != nullptr;
+  }
+  Tensor forward_after_relu(const Tensor& rx) override {
+    TNAS_CHECK(begins_with_relu(), "Sequential: forward_after_relu, but layer 0 is not a ReLU");
+    Tensor y = rx;
+    for (size_t i = 1; i < layers_.size(); ++i) y = layers_[i]->forward(y);
+    return y;
+  }
   size_t size() const { return layers_.size(); }
   const std::shared_ptr<Module>& operator[](size_t i) const {
     TNAS_CHECK(i < layers_.size(), "Sequential: index ", i, " out of range (", layers_.size(),

@@ -29,6 +29,8 @@ class ReLUConvBN : public Module {
     op_->push_back(std::make_shared<BatchNorm2d>(C_out, BatchNorm2dConfig{.affine = affine}));
   }
   Tensor forward(const Tensor& x) override { return op_->forward(x); }
+  bool begins_with_relu() const override { return true; }
+  Tensor forward_after_relu(const Tensor& rx) override { return op_->forward_after_relu(rx); }
   const std::shared_ptr<Sequential>& op() const { return op_; }
 
  private:
@@ -47,6 +49,8 @@ class DilConv : public Module {
     append(*op_, C_in, C_out, kernel, stride, padding, dilation, affine, rng);
   }
   Tensor forward(const Tensor& x) override { return op_->forward(x); }
+  bool begins_with_relu() const override { return true; }
+  Tensor forward_after_relu(const Tensor& rx) override { return op_->forward_after_relu(rx); }
   const std::shared_ptr<Sequential>& op() const { return op_; }
 
   // Appends the four layers of one DilConv to `seq` (SepConv is two of these in one Sequential,
@@ -81,6 +85,8 @@ class SepConv : public Module {
     DilConv::append(*op_, C_in, C_out, kernel, 1, padding, 1, affine, rng);
   }
   Tensor forward(const Tensor& x) override { return op_->forward(x); }
+  bool begins_with_relu() const override { return true; }
+  Tensor forward_after_relu(const Tensor& rx) override { return op_->forward_after_relu(rx); }
   const std::shared_ptr<Sequential>& op() const { return op_; }
 
  private:
@@ -113,10 +119,14 @@ class FactorizedReduce : public Module {
   }
   Tensor forward(const Tensor& x0) override {
     detail::require_nchw(*this, x0, C_in_);
-    const int64_t H = x0.dim(2), W = x0.dim(3);
-    TNAS_CHECK(H >= 2 && W >= 2, name(), ": input ", x0.shape(),
+    return forward_after_relu(relu_->forward(x0));
+  }
+  bool begins_with_relu() const override { return true; }
+  Tensor forward_after_relu(const Tensor& x) override {
+    detail::require_nchw(*this, x, C_in_);
+    const int64_t H = x.dim(2), W = x.dim(3);
+    TNAS_CHECK(H >= 2 && W >= 2, name(), ": input ", x.shape(),
                " is too small to reduce (needs H, W >= 2)");
-    Tensor x = relu_->forward(x0);
     Tensor a = conv_1_->forward(x);
     Tensor b = conv_2_->forward(slice(slice(x, 2, 1, H), 3, 1, W));
     if (b.dim(2) < a.dim(2))

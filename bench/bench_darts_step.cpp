@@ -1,0 +1,79 @@
+// One first-order DARTS search step, timed: the twin of ../shared/peers/libtorch/darts_step.cpp
+// (same network, same step, same flags, same JSON fields), so the two can run side by side.
+//
+//   bench_darts_step [--batch 64] [--hw 32] [--cin 3] [--C 16] [--layers 8] [--iters 3]
+//                    [--warm 1] [--second-order 0]
+//
+// The step: alpha Adam on a "validation" batch, then SGD on the weights from a "train" batch
+// with gradient-norm clipping at 5 (search::Darts::step). It rotates over 4 random batches.
+// Threads: OMP_NUM_THREADS. Prints one JSON line; peak_rss_MiB is the process's peak RSS.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <string>
+
+#include "tnas/tnas.hpp"
+
+using namespace tnas;
+
+namespace {
+double peak_rss_mib() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return double(ru.ru_maxrss) / 1024.0;  // KiB on Linux
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::map<std::string, long> a{{"batch", 64}, {"hw", 32},   {"cin", 3},  {"C", 16},
+                                {"layers", 8}, {"iters", 3}, {"warm", 1}, {"second-order", 0}};
+  for (int i = 1; i < argc; i += 2) {
+    if (std::strncmp(argv[i], "--", 2) != 0 || !a.count(argv[i] + 2) || i + 1 >= argc) {
+      std::fprintf(stderr, "bench_darts_step: unknown flag or missing value: %s\n", argv[i]);
+      return 2;
+    }
+    a[argv[i] + 2] = std::stol(argv[i + 1]);
+  }
+  try {
+    search::Supernet<space::Darts> net({.in_channels = a["cin"],
+                                        .channels = a["C"],
+                                        .cells = a["layers"],
+                                        .classes = 10,
+                                        .seed = 0});
+    search::Darts darts(
+        net, {.second_order = a["second-order"] != 0, .batch = a["batch"], .verbose = false});
+    Rng rng(0);
+    std::vector<data::Batch> bs(4);
+    for (auto& b : bs) {
+      b.x = Tensor::randn({a["batch"], a["cin"], a["hw"], a["hw"]}, rng);
+      for (long i = 0; i < a["batch"]; ++i) b.labels.push_back(int32_t(rng.next_u64() % 10));
+    }
+    const double t0 = train::Progress::now();
+    double loss = 0;
+    for (long i = 0; i < a["warm"]; ++i) loss = darts.step(bs[(i + 1) % 4], bs[i % 4], true).first;
+    const double warm_s = train::Progress::now() - t0;
+    std::vector<double> t;
+    for (long i = 0; i < a["iters"]; ++i) {
+      const double t1 = train::Progress::now();
+      loss = darts.step(bs[(i + 1) % 4], bs[i % 4], true).first;
+      t.push_back((train::Progress::now() - t1) * 1e3);
+    }
+    std::sort(t.begin(), t.end());
+    const double med = t.empty() ? 0 : t[t.size() / 2], mn = t.empty() ? 0 : t.front();
+    std::printf(
+        "{\"impl\":\"tnas\",\"batch\":%ld,\"hw\":%ld,\"cin\":%ld,\"C\":%ld,\"layers\":%ld,"
+        "\"second_order\":%s,\"step_ms_median\":%.1f,\"step_ms_min\":%.1f,\"peak_rss_MiB\":%.1f,"
+        "\"iters\":%ld,\"warm\":%ld,\"warmup_s\":%.2f,\"last_loss\":%.4f,\"n_weight_params\":%lld}"
+        "\n",
+        a["batch"], a["hw"], a["cin"], a["C"], a["layers"], a["second-order"] ? "true" : "false",
+        med, mn, peak_rss_mib(), a["iters"], a["warm"], warm_s, loss,
+        (long long)net.num_parameters());
+  } catch (const Error& e) {
+    std::fprintf(stderr, "bench_darts_step: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
