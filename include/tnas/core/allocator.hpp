@@ -21,6 +21,12 @@
 #include "tnas/core/dtype.hpp"
 #include "tnas/core/error.hpp"
 
+#ifdef TNAS_HAVE_CUDA
+// Defined in the tnas::cuda library (cuda/runtime.cu): registers its allocator, device hooks
+// and kernels when a CUDA device is present (and nothing otherwise).
+extern "C" void tnas_cuda_register();
+#endif
+
 namespace tnas {
 
 struct AllocatorStats {
@@ -137,6 +143,20 @@ inline Allocator*& allocator_slot(Device d) {
   static Allocator* slots[2] = {nullptr, nullptr};
   return slots[static_cast<int>(d)];
 }
+
+// Loads the device backends linked into this program, once. A program that links tnas::cuda
+// is compiled with TNAS_HAVE_CUDA (an INTERFACE definition of that target), so this call names
+// tnas_cuda_register(): the reference makes the linker take the registration object out of
+// the static library (a static-initialiser registration could be dropped), and calling it
+// here, before the first device block is allocated, fills the allocator slot, the device hooks
+// and the kernel table. Every device tensor is made through allocator(), so no op can reach a
+// device kernel before this has run. Without TNAS_HAVE_CUDA it is empty.
+inline void load_device_backends() {
+#ifdef TNAS_HAVE_CUDA
+  static const bool loaded = (tnas_cuda_register(), true);
+  (void)loaded;
+#endif
+}
 }  // namespace detail
 
 // The allocator for device d. The CPU one always exists; the CUDA one exists once the CUDA
@@ -147,6 +167,7 @@ inline Allocator& allocator(Device d) {
     static auto* cpu = new CachingAllocator(detail::cpu_sys_alloc, detail::cpu_sys_free);
     if (!detail::allocator_slot(d)) detail::allocator_slot(d) = cpu;
   }
+  if (d != Device::cpu && !detail::allocator_slot(d)) detail::load_device_backends();
   Allocator* a = detail::allocator_slot(d);
   TNAS_CHECK(a, "no allocator for device ", name(d),
              ": this build of tnas has no CUDA backend, or no GPU was found");

@@ -246,6 +246,8 @@ class Tensor {
     copy_bytes(r.raw(), d, src.raw(), device(), nbytes());
     return r;
   }
+  Tensor cpu() const { return to(Device::cpu); }
+  Tensor cuda() const { return to(Device::cuda); }
   Tensor to(DType t) const {
     if (t == dtype()) return *this;
     Tensor src = contiguous();

@@ -6,6 +6,7 @@
 
 #include "tnas/autograd/engine.hpp"
 #include "tnas/autograd/node.hpp"
+#include "tnas/backend/registry.hpp"
 #include "tnas/core/tensor.hpp"
 
 namespace tnas::ops::detail {
@@ -13,8 +14,9 @@ namespace tnas::ops::detail {
 using autograd::needs_grad;
 using autograd::record;
 
-// The CPU path is the only one until the CUDA backend registers its kernels; this is the one
-// place an op states which devices it runs on.
+// For ops that have no kernel outside the CPU. Ops with device kernels run their CPU kernels
+// inline and take every other device's from backend::kernel(), which names the op and device
+// when the kernel is missing.
 inline void require_cpu(const char* op, const Tensor& t) {
   TNAS_CHECK(t.device() == Device::cpu, op, ": no kernel for device ", t.device(),
              " in this build (tensor of shape ", t.shape(), ")");
@@ -91,7 +93,12 @@ inline Shape broadcast_shape(const char* op, const Shape& a, const Shape& b) {
 // Copies src (any strides) into dst (any strides, same shape). No autograd.
 inline void strided_copy(const Tensor& dst, const Tensor& src) {
   TNAS_CHECK(dst.shape() == src.shape(), "strided_copy: ", src.shape(), " into ", dst.shape());
-  require_cpu("strided_copy", dst);
+  if (dst.device() != Device::cpu) {
+    backend::kernel("strided_copy", dst.device(), &backend::Kernels::copy_view)(
+        dst.dtype(), dst.raw(), backend::make_view(dst.shape(), dst.strides().data()), src.raw(),
+        backend::make_view(src.shape(), src.strides().data()), 1.0);
+    return;
+  }
   dispatch(dst.dtype(), [&]<class T>() {
     T* d = static_cast<T*>(dst.impl_ptr()->storage->data);
     const T* s = static_cast<const T*>(src.impl_ptr()->storage->data);
@@ -103,7 +110,18 @@ inline void strided_copy(const Tensor& dst, const Tensor& src) {
 // Sums `g` (of a broadcast shape) down to `shape`, the shape of an input that was broadcast.
 inline Tensor sum_to(const Tensor& g, const Shape& shape) {
   if (g.shape() == shape) return g;
-  require_cpu("sum_to", g);
+  if (g.device() != Device::cpu) {
+    // Reduce the axes of g that `shape` lacks or has as 1; the kept axes are `shape`'s order.
+    Tensor out = Tensor::empty(shape, g.dtype(), g.device());
+    unsigned mask = 0;
+    const int off = g.rank() - shape.rank();
+    for (int i = 0; i < g.rank(); ++i)
+      if (g.shape()[i] != 1 && (i < off || shape[i - off] == 1)) mask |= 1u << i;
+    backend::kernel("sum_to", g.device(), &backend::Kernels::reduce_sum)(
+        g.dtype(), g.raw(), backend::make_view(g.shape(), g.strides().data()), mask, out.raw(),
+        1.0);
+    return out;
+  }
   Tensor out = Tensor::zeros(shape, g.dtype(), g.device());
   Strides ost = broadcast_strides(out, g.shape());
   dispatch(g.dtype(), [&]<class T>() {

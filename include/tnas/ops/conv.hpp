@@ -39,30 +39,51 @@ inline cpu::Conv2dParams conv_params(const Tensor& x, const Tensor& w, const Con
              w.shape(), " with padding ", o.padding, " and dilation ", o.dilation);
   return p;
 }
+inline backend::ConvShape conv_shape(const cpu::Conv2dParams& p) {
+  return {p.N, p.C, p.H, p.W, p.K, p.R, p.S, p.stride_h, p.pad_h, p.dil_h, p.groups, p.P(), p.Q()};
+}
+// The per-channel bias as a view of the output's shape [N, K, P, Q] (stride 0 but on K).
+inline backend::View bias_view(const cpu::Conv2dParams& p) {
+  const int64_t shape[4] = {p.N, p.K, p.P(), p.Q()}, strides[4] = {0, 1, 0, 0};
+  backend::View v;
+  v.rank = 4;
+  for (int i = 0; i < 4; ++i) v.shape[i] = shape[i], v.stride[i] = strides[i];
+  return v;
+}
 }  // namespace ops::detail
 
 // y[N, K, P, Q] = conv(x[N, C, H, W], w[K, C/groups, R, S]) (+ bias[K] when defined).
 inline Tensor conv2d(const Tensor& x0, const Tensor& w0, const Conv2dOptions& o = {},
                      const Tensor& bias = {}) {
   cpu::Conv2dParams p = ops::detail::conv_params(x0, w0, o);
-  ops::detail::require_cpu("conv2d", x0);
   Tensor x = x0.contiguous(), w = w0.contiguous();
   Tensor y = Tensor::empty({p.N, p.K, p.P(), p.Q()}, x.dtype(), x.device());
-  dispatch(x.dtype(),
-           [&]<class T>() { cpu::conv2d_forward<T>(p, x.data<T>(), w.data<T>(), y.data<T>()); });
+  const Device dev = x.device();
+  using K = backend::Kernels;
+  if (dev == Device::cpu)
+    dispatch(x.dtype(),
+             [&]<class T>() { cpu::conv2d_forward<T>(p, x.data<T>(), w.data<T>(), y.data<T>()); });
+  else
+    backend::kernel_f32("conv2d", dev, x.dtype(), &K::conv2d_forward)(
+        ops::detail::conv_shape(p), x.data<float>(), w.data<float>(), y.data<float>());
   if (bias.defined()) {
     ops::detail::require_same("conv2d", x0, bias);
     TNAS_CHECK(bias.rank() == 1 && bias.dim(0) == p.K, "conv2d: bias of shape ", bias.shape(),
                " for ", p.K, " output channels");
     Tensor b = bias.contiguous();
-    dispatch(x.dtype(), [&]<class T>() {
-      T* py = y.data<T>();
-      const T* pb = b.data<T>();
-      const int64_t PQ = p.P() * p.Q();
-      for (int64_t n = 0; n < p.N; ++n)
-        for (int64_t k = 0; k < p.K; ++k)
-          for (int64_t i = 0; i < PQ; ++i) py[(n * p.K + k) * PQ + i] += pb[k];
-    });
+    if (dev != Device::cpu) {
+      const backend::View vy = backend::make_view(y.shape(), y.strides().data());
+      backend::kernel("conv2d", dev, &K::binary)(backend::BinaryOp::add, y.dtype(), y.raw(), vy,
+                                                 b.raw(), ops::detail::bias_view(p), y.raw());
+    } else
+      dispatch(x.dtype(), [&]<class T>() {
+        T* py = y.data<T>();
+        const T* pb = b.data<T>();
+        const int64_t PQ = p.P() * p.Q();
+        for (int64_t n = 0; n < p.N; ++n)
+          for (int64_t k = 0; k < p.K; ++k)
+            for (int64_t i = 0; i < PQ; ++i) py[(n * p.K + k) * PQ + i] += pb[k];
+      });
   }
   if (autograd::needs_grad({&x0, &w0, &bias})) {
     Tensor xd = x.detach(), wd = w.detach();
@@ -71,6 +92,27 @@ inline Tensor conv2d(const Tensor& x0, const Tensor& w0, const Conv2dOptions& o 
     autograd::record("conv2d", y, {&x0, &w0, &bias}, [=](const Tensor& g0) {
       Tensor g = g0.contiguous();
       Tensor dx, dw, db;
+      if (g.device() != Device::cpu) {
+        const Device d = g.device();
+        const backend::ConvShape cs = ops::detail::conv_shape(p);
+        if (gx) {
+          dx = Tensor::empty(xd.shape(), g.dtype(), d);
+          backend::kernel_f32("conv2d backward", d, g.dtype(), &K::conv2d_backward_input)(
+              cs, g.data<float>(), wd.data<float>(), dx.data<float>());
+        }
+        if (gw) {
+          dw = Tensor::empty(wd.shape(), g.dtype(), d);
+          backend::kernel_f32("conv2d backward", d, g.dtype(), &K::conv2d_backward_weight)(
+              cs, xd.data<float>(), g.data<float>(), dw.data<float>());
+        }
+        if (gb) {
+          db = Tensor::empty({p.K}, g.dtype(), d);
+          backend::kernel("conv2d backward", d, &K::reduce_sum)(
+              g.dtype(), g.raw(), backend::make_view(g.shape(), g.strides().data()), 0b1101u,
+              db.raw(), 1.0);
+        }
+        return std::vector<Tensor>{dx, dw, db};
+      }
       dispatch(g.dtype(), [&]<class T>() {
         if (gx) {
           dx = Tensor::empty(xd.shape(), g.dtype(), g.device());

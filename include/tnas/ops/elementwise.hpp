@@ -10,13 +10,20 @@ namespace tnas {
 
 namespace ops::detail {
 
-// out = f(a, b) elementwise with broadcasting. f is called with T values.
+// out = f(a, b) elementwise with broadcasting. f is called with T values on the CPU; `bop`
+// names the same function for the other devices' kernels.
 template <class F>
-Tensor binary_map(const char* op, const Tensor& a, const Tensor& b, F f) {
+Tensor binary_map(const char* op, backend::BinaryOp bop, const Tensor& a, const Tensor& b, F f) {
   require_same(op, a, b);
-  require_cpu(op, a);
   Shape s = broadcast_shape(op, a.shape(), b.shape());
   Tensor out = Tensor::empty(s, a.dtype(), a.device());
+  if (a.device() != Device::cpu) {
+    Strides sa = broadcast_strides(a, s), sb = broadcast_strides(b, s);
+    backend::kernel(op, a.device(), &backend::Kernels::binary)(
+        bop, a.dtype(), a.raw(), backend::make_view(s, sa.data()), b.raw(),
+        backend::make_view(s, sb.data()), out.raw());
+    return out;
+  }
   dispatch(a.dtype(), [&]<class T>() {
     T* o = out.data<T>();
     const int64_t n = out.numel();
@@ -44,12 +51,17 @@ Tensor binary_map(const char* op, const Tensor& a, const Tensor& b, F f) {
   return out;
 }
 
-// out = f(x) elementwise.
+// out = f(x) elementwise; `uop` (with the constant `s` of scale / add_scalar) names f for the
+// other devices' kernels.
 template <class F>
-Tensor unary_map(const char* op, const Tensor& x0, F f) {
-  require_cpu(op, x0);
+Tensor unary_map(const char* op, backend::UnaryOp uop, double s, const Tensor& x0, F f) {
   Tensor x = x0.contiguous();
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (x.device() != Device::cpu) {
+    backend::kernel(op, x.device(), &backend::Kernels::unary)(uop, x.dtype(), x.raw(), out.raw(),
+                                                              x.numel(), s);
+    return out;
+  }
   dispatch(x.dtype(), [&]<class T>() {
     const T* px = x.data<T>();
     T* o = out.data<T>();
@@ -65,7 +77,8 @@ Tensor unary_map(const char* op, const Tensor& x0, F f) {
 // ---- arithmetic --------------------------------------------------------------------------
 
 inline Tensor add(const Tensor& a, const Tensor& b) {
-  Tensor out = ops::detail::binary_map("add", a, b, [](auto x, auto y) { return x + y; });
+  Tensor out = ops::detail::binary_map("add", backend::BinaryOp::add, a, b,
+                                       [](auto x, auto y) { return x + y; });
   Shape sa = a.shape(), sb = b.shape();
   autograd::record("add", out, {&a, &b}, [sa, sb](const Tensor& g) {
     return std::vector<Tensor>{ops::detail::sum_to(g, sa), ops::detail::sum_to(g, sb)};
@@ -76,25 +89,31 @@ inline Tensor add(const Tensor& a, const Tensor& b) {
 inline Tensor neg(const Tensor& x);
 
 inline Tensor sub(const Tensor& a, const Tensor& b) {
-  Tensor out = ops::detail::binary_map("sub", a, b, [](auto x, auto y) { return x - y; });
+  Tensor out = ops::detail::binary_map("sub", backend::BinaryOp::sub, a, b,
+                                       [](auto x, auto y) { return x - y; });
   Shape sa = a.shape(), sb = b.shape();
   autograd::record("sub", out, {&a, &b}, [sa, sb](const Tensor& g) {
-    Tensor ng = ops::detail::unary_map("sub", g, [](auto v) { return -v; });
+    Tensor ng =
+        ops::detail::unary_map("sub", backend::UnaryOp::scale, -1.0, g, [](auto v) { return -v; });
     return std::vector<Tensor>{ops::detail::sum_to(g, sa), ops::detail::sum_to(ng, sb)};
   });
   return out;
 }
 
 inline Tensor mul(const Tensor& a, const Tensor& b) {
-  Tensor out = ops::detail::binary_map("mul", a, b, [](auto x, auto y) { return x * y; });
+  Tensor out = ops::detail::binary_map("mul", backend::BinaryOp::mul, a, b,
+                                       [](auto x, auto y) { return x * y; });
   if (autograd::needs_grad({&a, &b})) {
     Tensor ad = a.detach(), bd = b.detach();
     bool ga = a.requires_grad(), gb = b.requires_grad();
     autograd::record("mul", out, {&a, &b}, [ad, bd, ga, gb](const Tensor& g) {
       auto m = [](auto x, auto y) { return x * y; };
       return std::vector<Tensor>{
-          ga ? ops::detail::sum_to(ops::detail::binary_map("mul", g, bd, m), ad.shape()) : Tensor(),
-          gb ? ops::detail::sum_to(ops::detail::binary_map("mul", g, ad, m), bd.shape())
+          ga ? ops::detail::sum_to(ops::detail::binary_map("mul", backend::BinaryOp::mul, g, bd, m),
+                                   ad.shape())
+             : Tensor(),
+          gb ? ops::detail::sum_to(ops::detail::binary_map("mul", backend::BinaryOp::mul, g, ad, m),
+                                   bd.shape())
              : Tensor()};
     });
   }
@@ -102,21 +121,24 @@ inline Tensor mul(const Tensor& a, const Tensor& b) {
 }
 
 inline Tensor div(const Tensor& a, const Tensor& b) {
-  Tensor out = ops::detail::binary_map("div", a, b, [](auto x, auto y) { return x / y; });
+  Tensor out = ops::detail::binary_map("div", backend::BinaryOp::div, a, b,
+                                       [](auto x, auto y) { return x / y; });
   if (autograd::needs_grad({&a, &b})) {
     Tensor ad = a.detach(), bd = b.detach(), od = out.detach();
     bool ga = a.requires_grad(), gb = b.requires_grad();
     autograd::record("div", out, {&a, &b}, [ad, bd, od, ga, gb](const Tensor& g) {
       Tensor da, db;
       if (ga)
-        da = ops::detail::sum_to(
-            ops::detail::binary_map("div", g, bd, [](auto x, auto y) { return x / y; }),
-            ad.shape());
+        da = ops::detail::sum_to(ops::detail::binary_map("div", backend::BinaryOp::div, g, bd,
+                                                         [](auto x, auto y) { return x / y; }),
+                                 ad.shape());
       if (gb) {
         // d(a/b)/db = -out / b
-        Tensor t = ops::detail::binary_map("div", od, bd, [](auto x, auto y) { return -x / y; });
-        db = ops::detail::sum_to(
-            ops::detail::binary_map("mul", g, t, [](auto x, auto y) { return x * y; }), bd.shape());
+        Tensor t = ops::detail::binary_map("div", backend::BinaryOp::neg_div, od, bd,
+                                           [](auto x, auto y) { return -x / y; });
+        db = ops::detail::sum_to(ops::detail::binary_map("mul", backend::BinaryOp::mul, g, t,
+                                                         [](auto x, auto y) { return x * y; }),
+                                 bd.shape());
       }
       return std::vector<Tensor>{da, db};
     });
@@ -126,10 +148,11 @@ inline Tensor div(const Tensor& a, const Tensor& b) {
 
 // x * s for a constant s.
 inline Tensor scale(const Tensor& x, double s) {
-  Tensor out = ops::detail::unary_map("scale", x, [s](auto v) { return v * decltype(v)(s); });
+  Tensor out = ops::detail::unary_map("scale", backend::UnaryOp::scale, s, x,
+                                      [s](auto v) { return v * decltype(v)(s); });
   autograd::record("scale", out, {&x}, [s](const Tensor& g) {
-    return std::vector<Tensor>{
-        ops::detail::unary_map("scale", g, [s](auto v) { return v * decltype(v)(s); })};
+    return std::vector<Tensor>{ops::detail::unary_map("scale", backend::UnaryOp::scale, s, g,
+                                                      [s](auto v) { return v * decltype(v)(s); })};
   });
   return out;
 }
@@ -139,7 +162,8 @@ inline Tensor neg(const Tensor& x) {
 
 // x + s for a constant s.
 inline Tensor add_scalar(const Tensor& x, double s) {
-  Tensor out = ops::detail::unary_map("add_scalar", x, [s](auto v) { return v + decltype(v)(s); });
+  Tensor out = ops::detail::unary_map("add_scalar", backend::UnaryOp::add_scalar, s, x,
+                                      [s](auto v) { return v + decltype(v)(s); });
   autograd::record("add_scalar", out, {&x}, [](const Tensor& g) { return std::vector<Tensor>{g}; });
   return out;
 }
@@ -177,13 +201,18 @@ inline Tensor operator-(const Tensor& x, double s) {
 namespace ops::detail {
 // Unary op whose backward is g * dfdy(x, y); saves x and y (detached).
 template <class F, class D>
-Tensor unary_op(const char* name, const Tensor& x, F f, D dfdy) {
-  Tensor out = unary_map(name, x, f);
+Tensor unary_op(const char* name, backend::UnaryOp uop, const Tensor& x, F f, D dfdy) {
+  Tensor out = unary_map(name, uop, 0.0, x, f);
   if (needs_grad({&x})) {
     Tensor xd = x.contiguous().detach(), yd = out.detach();
     record(name, out, {&x}, [=](const Tensor& g0) {
       Tensor g = g0.contiguous();
       Tensor gx = Tensor::empty(g.shape(), g.dtype(), g.device());
+      if (g.device() != Device::cpu) {
+        backend::kernel(name, g.device(), &backend::Kernels::unary_backward)(
+            uop, g.dtype(), g.raw(), xd.raw(), yd.raw(), gx.raw(), g.numel());
+        return std::vector<Tensor>{gx};
+      }
       dispatch(g.dtype(), [&]<class T>() {
         const T* pg = g.template data<T>();
         const T* px = xd.template data<T>();
@@ -202,31 +231,34 @@ Tensor unary_op(const char* name, const Tensor& x, F f, D dfdy) {
 
 inline Tensor relu(const Tensor& x) {
   return ops::detail::unary_op(
-      "relu", x, [](auto v) { return v > 0 ? v : decltype(v)(0); },
+      "relu", backend::UnaryOp::relu, x, [](auto v) { return v > 0 ? v : decltype(v)(0); },
       [](auto, auto y) { return y > 0 ? decltype(y)(1) : decltype(y)(0); });
 }
 inline Tensor sigmoid(const Tensor& x) {
   return ops::detail::unary_op(
-      "sigmoid", x, [](auto v) { return decltype(v)(1) / (decltype(v)(1) + std::exp(-v)); },
+      "sigmoid", backend::UnaryOp::sigmoid, x,
+      [](auto v) { return decltype(v)(1) / (decltype(v)(1) + std::exp(-v)); },
       [](auto, auto y) { return y * (decltype(y)(1) - y); });
 }
 inline Tensor tanh(const Tensor& x) {
   return ops::detail::unary_op(
-      "tanh", x, [](auto v) { return std::tanh(v); },
+      "tanh", backend::UnaryOp::tanh, x, [](auto v) { return std::tanh(v); },
       [](auto, auto y) { return decltype(y)(1) - y * y; });
 }
 inline Tensor exp(const Tensor& x) {
   return ops::detail::unary_op(
-      "exp", x, [](auto v) { return std::exp(v); }, [](auto, auto y) { return y; });
+      "exp", backend::UnaryOp::exp, x, [](auto v) { return std::exp(v); },
+      [](auto, auto y) { return y; });
 }
 inline Tensor log(const Tensor& x) {
   return ops::detail::unary_op(
-      "log", x, [](auto v) { return std::log(v); },
+      "log", backend::UnaryOp::log, x, [](auto v) { return std::log(v); },
       [](auto v, auto) { return decltype(v)(1) / v; });
 }
 inline Tensor square(const Tensor& x) {
   return ops::detail::unary_op(
-      "square", x, [](auto v) { return v * v; }, [](auto v, auto) { return 2 * v; });
+      "square", backend::UnaryOp::square, x, [](auto v) { return v * v; },
+      [](auto v, auto) { return 2 * v; });
 }
 
 // sign(x) in {-1, +1} (sign(0) = +1, so the result is always a valid binary code), with the
@@ -234,7 +266,8 @@ inline Tensor square(const Tensor& x) {
 // is cut elsewhere.
 inline Tensor sign_ste(const Tensor& x) {
   return ops::detail::unary_op(
-      "sign_ste", x, [](auto v) { return v >= 0 ? decltype(v)(1) : decltype(v)(-1); },
+      "sign_ste", backend::UnaryOp::sign_ste, x,
+      [](auto v) { return v >= 0 ? decltype(v)(1) : decltype(v)(-1); },
       [](auto v, auto) { return std::abs(v) <= 1 ? decltype(v)(1) : decltype(v)(0); });
 }
 
@@ -243,14 +276,14 @@ inline Tensor sign_ste(const Tensor& x) {
 inline Tensor dropout(const Tensor& x, double p, bool training, Rng& rng = default_rng()) {
   TNAS_CHECK(p >= 0 && p < 1, "dropout: p must be in [0, 1), got ", p);
   if (!training || p == 0) return x;
-  ops::detail::require_cpu("dropout", x);
-  Tensor mask = Tensor::empty(x.shape(), x.dtype(), x.device());
+  // The mask is drawn on the host (tnas's seeded Rng) and moved to x's device.
+  Tensor mask = Tensor::empty(x.shape(), x.dtype());
   dispatch(x.dtype(), [&]<class T>() {
     T* m = mask.data<T>();
     const T keep = T(1 / (1 - p));
     for (int64_t i = 0; i < x.numel(); ++i) m[i] = rng.uniform() < p ? T(0) : keep;
   });
-  return mul(x, mask);
+  return mul(x, mask.to(x.device()));
 }
 
 // The `none` op of NAS spaces: zeros of the given shape, connected to nothing.

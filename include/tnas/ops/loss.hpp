@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "tnas/ops/common.hpp"
+#include "tnas/ops/elementwise.hpp"
 
 namespace tnas {
 
@@ -34,18 +35,28 @@ inline void require_last_axis(const char* op, const Tensor& x, int axis) {
 // log(softmax(x)) along the last axis, computed stably.
 inline Tensor log_softmax(const Tensor& x0, int axis = -1) {
   ops::detail::require_last_axis("log_softmax", x0, axis);
-  ops::detail::require_cpu("log_softmax", x0);
   Tensor x = x0.contiguous();
   const int64_t cols = x.dim(-1), rows = x.numel() / std::max<int64_t>(1, cols);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-  dispatch(x.dtype(), [&]<class T>() {
-    ops::detail::log_softmax_rows(x.data<T>(), out.data<T>(), rows, cols);
-  });
+  using K = backend::Kernels;
+  if (x.device() != Device::cpu)
+    backend::kernel_f32("log_softmax", x.device(), x.dtype(), &K::log_softmax_forward)(
+        rows, cols, x.data<float>(), out.data<float>());
+  else
+    dispatch(x.dtype(), [&]<class T>() {
+      ops::detail::log_softmax_rows(x.data<T>(), out.data<T>(), rows, cols);
+    });
   if (autograd::needs_grad({&x0})) {
     Tensor yd = out.detach();
     autograd::record("log_softmax", out, {&x0}, [yd, rows, cols](const Tensor& g0) {
       Tensor g = g0.contiguous();
       Tensor gx = Tensor::empty(g.shape(), g.dtype(), g.device());
+      if (g.device() != Device::cpu) {
+        backend::kernel_f32("log_softmax backward", g.device(), g.dtype(),
+                            &K::log_softmax_backward)(rows, cols, g.data<float>(), yd.data<float>(),
+                                                      gx.data<float>());
+        return std::vector<Tensor>{gx};
+      }
       dispatch(g.dtype(), [&]<class T>() {
         const T* pg = g.data<T>();
         const T* py = yd.data<T>();
@@ -66,20 +77,29 @@ inline Tensor log_softmax(const Tensor& x0, int axis = -1) {
 // softmax(x) along the last axis.
 inline Tensor softmax(const Tensor& x0, int axis = -1) {
   ops::detail::require_last_axis("softmax", x0, axis);
-  ops::detail::require_cpu("softmax", x0);
   Tensor x = x0.contiguous();
   const int64_t cols = x.dim(-1), rows = x.numel() / std::max<int64_t>(1, cols);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-  dispatch(x.dtype(), [&]<class T>() {
-    T* o = out.data<T>();
-    ops::detail::log_softmax_rows(x.data<T>(), o, rows, cols);
-    for (int64_t i = 0; i < x.numel(); ++i) o[i] = std::exp(o[i]);
-  });
+  using K = backend::Kernels;
+  if (x.device() != Device::cpu)
+    backend::kernel_f32("softmax", x.device(), x.dtype(), &K::softmax_forward)(
+        rows, cols, x.data<float>(), out.data<float>());
+  else
+    dispatch(x.dtype(), [&]<class T>() {
+      T* o = out.data<T>();
+      ops::detail::log_softmax_rows(x.data<T>(), o, rows, cols);
+      for (int64_t i = 0; i < x.numel(); ++i) o[i] = std::exp(o[i]);
+    });
   if (autograd::needs_grad({&x0})) {
     Tensor yd = out.detach();
     autograd::record("softmax", out, {&x0}, [yd, rows, cols](const Tensor& g0) {
       Tensor g = g0.contiguous();
       Tensor gx = Tensor::empty(g.shape(), g.dtype(), g.device());
+      if (g.device() != Device::cpu) {
+        backend::kernel_f32("softmax backward", g.device(), g.dtype(), &K::softmax_backward)(
+            rows, cols, g.data<float>(), yd.data<float>(), gx.data<float>());
+        return std::vector<Tensor>{gx};
+      }
       dispatch(g.dtype(), [&]<class T>() {
         const T* pg = g.data<T>();
         const T* py = yd.data<T>();
@@ -100,7 +120,6 @@ inline Tensor softmax(const Tensor& x0, int axis = -1) {
 // Mean cross-entropy of logits [B, K] against integer labels in [0, K).
 inline Tensor cross_entropy(const Tensor& logits0, std::span<const int32_t> labels) {
   ops::detail::require_rank("cross_entropy", logits0, 2, "logits");
-  ops::detail::require_cpu("cross_entropy", logits0);
   const int64_t B = logits0.dim(0), K = logits0.dim(1);
   TNAS_CHECK(int64_t(labels.size()) == B, "cross_entropy: ", labels.size(), " labels for ", B,
              " rows of logits ", logits0.shape());
@@ -109,6 +128,21 @@ inline Tensor cross_entropy(const Tensor& logits0, std::span<const int32_t> labe
     TNAS_CHECK(labels[i] >= 0 && labels[i] < K, "cross_entropy: label ", labels[i], " at row ", i,
                " is outside [0, ", K, ")");
   Tensor x = logits0.contiguous();
+  if (x.device() != Device::cpu) {
+    // The kernel leaves dlogits = (softmax(x) - onehot) / B behind, so backward is one
+    // broadcast multiply by the incoming scalar, with no host synchronisation.
+    Tensor out = Tensor::empty(Shape{}, x.dtype(), x.device());
+    Tensor dl = Tensor::empty(x.shape(), x.dtype(), x.device());
+    backend::kernel_f32("cross_entropy", x.device(), x.dtype(),
+                        &backend::Kernels::cross_entropy_forward)(
+        B, K, x.data<float>(), labels.data(), out.data<float>(), dl.data<float>());
+    autograd::record("cross_entropy", out, {&logits0}, [dl](const Tensor& g) {
+      return std::vector<Tensor>{ops::detail::binary_map("cross_entropy backward",
+                                                         backend::BinaryOp::mul, dl, g,
+                                                         [](auto a, auto b) { return a * b; })};
+    });
+    return out;
+  }
   Tensor logp = Tensor::empty(x.shape(), x.dtype(), x.device());
   Tensor out = Tensor::empty(Shape{}, x.dtype(), x.device());
   dispatch(x.dtype(), [&]<class T>() {

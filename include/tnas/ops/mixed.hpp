@@ -28,7 +28,6 @@ inline Tensor weighted_sum(const std::vector<Tensor>& ys, const Tensor& w) {
   TNAS_CHECK(first, "weighted_sum: every candidate is undefined (all `none`); the output shape is ",
              "unknown");
   ops::detail::require_same("weighted_sum", *first, w);
-  ops::detail::require_cpu("weighted_sum", w);
   const size_t K = ys.size();
   std::vector<Tensor> yc(K);
   for (size_t k = 0; k < K; ++k)
@@ -36,24 +35,33 @@ inline Tensor weighted_sum(const std::vector<Tensor>& ys, const Tensor& w) {
   Tensor wc = w.contiguous();
   Tensor out = Tensor::empty(first->shape(), first->dtype(), first->device());
   const int64_t n = out.numel();
-  dispatch(out.dtype(), [&]<class T>() {
-    T* o = out.data<T>();
-    const T* pw = wc.data<T>();
-    bool init = false;
-    for (size_t k = 0; k < K; ++k) {
-      if (!yc[k].defined()) continue;
-      const T* py = yc[k].data<T>();
-      const T wk = pw[k];
-      if (!init) {
+  using Kt = backend::Kernels;
+  if (out.device() != Device::cpu) {
+    std::vector<const float*> py(K, nullptr);
+    auto f =
+        backend::kernel_f32("weighted_sum", out.device(), out.dtype(), &Kt::weighted_sum_forward);
+    for (size_t k = 0; k < K; ++k)
+      if (yc[k].defined()) py[k] = yc[k].data<float>();
+    f(int(K), py.data(), wc.data<float>(), out.data<float>(), n);
+  } else
+    dispatch(out.dtype(), [&]<class T>() {
+      T* o = out.data<T>();
+      const T* pw = wc.data<T>();
+      bool init = false;
+      for (size_t k = 0; k < K; ++k) {
+        if (!yc[k].defined()) continue;
+        const T* py = yc[k].data<T>();
+        const T wk = pw[k];
+        if (!init) {
 #pragma omp parallel for simd if (n > 65536)
-        for (int64_t i = 0; i < n; ++i) o[i] = wk * py[i];
-        init = true;
-      } else {
+          for (int64_t i = 0; i < n; ++i) o[i] = wk * py[i];
+          init = true;
+        } else {
 #pragma omp parallel for simd if (n > 65536)
-        for (int64_t i = 0; i < n; ++i) o[i] += wk * py[i];
+          for (int64_t i = 0; i < n; ++i) o[i] += wk * py[i];
+        }
       }
-    }
-  });
+    });
   std::vector<Tensor> inputs = ys;
   inputs.push_back(w);
   if (autograd::needs_grad(inputs)) {
@@ -69,6 +77,23 @@ inline Tensor weighted_sum(const std::vector<Tensor>& ys, const Tensor& w) {
       Tensor g = g0.contiguous();
       std::vector<Tensor> grads(K + 1);
       const int64_t n = g.numel();
+      if (g.device() != Device::cpu) {
+        auto f = backend::kernel_f32("weighted_sum backward", g.device(), g.dtype(),
+                                     &Kt::weighted_sum_backward);
+        std::vector<const float*> py(K, nullptr);
+        std::vector<float*> pgy(K, nullptr);
+        for (size_t k = 0; k < K; ++k) {
+          if (yd[k].defined()) py[k] = yd[k].data<float>();
+          if (need[k]) {
+            grads[k] = Tensor::empty(g.shape(), g.dtype(), g.device());
+            pgy[k] = grads[k].data<float>();
+          }
+        }
+        if (need_w) grads[K] = Tensor::empty(wd.shape(), g.dtype(), g.device());
+        f(int(K), py.data(), wd.data<float>(), g.data<float>(), pgy.data(),
+          need_w ? grads[K].data<float>() : nullptr, n);
+        return grads;
+      }
       dispatch(g.dtype(), [&]<class T>() {
         const T* pg = g.data<T>();
         const T* pw = wd.data<T>();

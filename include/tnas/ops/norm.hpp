@@ -21,7 +21,6 @@ inline Tensor batch_norm(const Tensor& x0, const Tensor& gamma, const Tensor& be
                          const BatchNormOptions& o = {}) {
   TNAS_CHECK(x0.defined() && (x0.rank() == 2 || x0.rank() == 4), "batch_norm: input must be ",
              "[N, C] or [N, C, H, W], got ", x0.defined() ? x0.shape().str() : "undefined");
-  ops::detail::require_cpu("batch_norm", x0);
   const int64_t N = x0.dim(0), C = x0.dim(1), HW = x0.rank() == 4 ? x0.dim(2) * x0.dim(3) : 1;
   for (const Tensor* t : {&gamma, &beta, &running_mean, &running_var}) {
     if (!t->defined()) continue;
@@ -30,6 +29,7 @@ inline Tensor batch_norm(const Tensor& x0, const Tensor& gamma, const Tensor& be
                t->shape(), " for input ", x0.shape(), " (", C, " channels)");
   }
   TNAS_CHECK(gamma.defined() == beta.defined(), "batch_norm: gamma and beta go together");
+  using K = backend::Kernels;
   Tensor x = x0.contiguous();
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   Tensor g = gamma.defined() ? gamma.contiguous() : Tensor();
@@ -37,11 +37,17 @@ inline Tensor batch_norm(const Tensor& x0, const Tensor& gamma, const Tensor& be
   if (!o.training) {
     TNAS_CHECK(running_mean.defined() && running_var.defined(),
                "batch_norm: evaluation mode needs running statistics");
-    dispatch(x.dtype(), [&]<class T>() {
-      cpu::batch_norm_forward_eval<T>(N, C, HW, x.data<T>(), g.defined() ? g.data<T>() : nullptr,
-                                      b.defined() ? b.data<T>() : nullptr, running_mean.data<T>(),
-                                      running_var.data<T>(), T(o.eps), y.data<T>());
-    });
+    if (x.device() != Device::cpu) {
+      backend::kernel_f32("batch_norm", x.device(), x.dtype(), &K::batch_norm_forward_eval)(
+          N, C, HW, x.data<float>(), g.defined() ? g.data<float>() : nullptr,
+          b.defined() ? b.data<float>() : nullptr, running_mean.data<float>(),
+          running_var.data<float>(), float(o.eps), y.data<float>());
+    } else
+      dispatch(x.dtype(), [&]<class T>() {
+        cpu::batch_norm_forward_eval<T>(N, C, HW, x.data<T>(), g.defined() ? g.data<T>() : nullptr,
+                                        b.defined() ? b.data<T>() : nullptr, running_mean.data<T>(),
+                                        running_var.data<T>(), T(o.eps), y.data<T>());
+      });
     if (autograd::needs_grad({&x0, &gamma, &beta})) {
       // y = x * s + t per channel, with s = gamma / sqrt(var + eps).
       Tensor xd = x.detach(), rm = running_mean.detach().clone(), rv = running_var.detach().clone();
@@ -52,6 +58,15 @@ inline Tensor batch_norm(const Tensor& x0, const Tensor& gamma, const Tensor& be
         Tensor dx = Tensor::empty(xd.shape(), go.dtype(), go.device());
         Tensor dg = gd.defined() ? Tensor::zeros({C}, go.dtype(), go.device()) : Tensor();
         Tensor dbeta = gd.defined() ? Tensor::zeros({C}, go.dtype(), go.device()) : Tensor();
+        if (go.device() != Device::cpu) {
+          backend::kernel_f32("batch_norm backward", go.device(), go.dtype(),
+                              &K::batch_norm_backward_eval)(
+              N, C, HW, xd.data<float>(), go.data<float>(),
+              gd.defined() ? gd.data<float>() : nullptr, rm.data<float>(), rv.data<float>(),
+              float(eps), dx.data<float>(), gd.defined() ? dg.data<float>() : nullptr,
+              gd.defined() ? dbeta.data<float>() : nullptr);
+          return std::vector<Tensor>{dx, dg, dbeta};
+        }
         dispatch(go.dtype(), [&]<class T>() {
           const T* pg = go.data<T>();
           const T* px = xd.data<T>();
@@ -82,23 +97,31 @@ inline Tensor batch_norm(const Tensor& x0, const Tensor& gamma, const Tensor& be
              x0.shape());
   Tensor mean = Tensor::empty({C}, x.dtype(), x.device());
   Tensor invstd = Tensor::empty({C}, x.dtype(), x.device());
-  dispatch(x.dtype(), [&]<class T>() {
-    cpu::batch_norm_forward_train<T>(N, C, HW, x.data<T>(), g.defined() ? g.data<T>() : nullptr,
-                                     b.defined() ? b.data<T>() : nullptr, T(o.eps), y.data<T>(),
-                                     mean.data<T>(), invstd.data<T>());
-    if (running_mean.defined()) {
-      T* rm = running_mean.data<T>();
-      T* rv = running_var.data<T>();
-      const T* pm = mean.data<T>();
-      const T* pi = invstd.data<T>();
-      const double m = o.momentum, cnt = double(N * HW);
-      for (int64_t c = 0; c < C; ++c) {
-        const double var = 1.0 / (double(pi[c]) * pi[c]) - o.eps;
-        rm[c] = T((1 - m) * rm[c] + m * pm[c]);
-        rv[c] = T((1 - m) * rv[c] + m * var * cnt / (cnt - 1));
+  if (x.device() != Device::cpu) {
+    const bool run = running_mean.defined();
+    backend::kernel_f32("batch_norm", x.device(), x.dtype(), &K::batch_norm_forward_train)(
+        N, C, HW, x.data<float>(), g.defined() ? g.data<float>() : nullptr,
+        b.defined() ? b.data<float>() : nullptr, float(o.eps), float(o.momentum), y.data<float>(),
+        mean.data<float>(), invstd.data<float>(), run ? running_mean.data<float>() : nullptr,
+        run ? running_var.data<float>() : nullptr);
+  } else
+    dispatch(x.dtype(), [&]<class T>() {
+      cpu::batch_norm_forward_train<T>(N, C, HW, x.data<T>(), g.defined() ? g.data<T>() : nullptr,
+                                       b.defined() ? b.data<T>() : nullptr, T(o.eps), y.data<T>(),
+                                       mean.data<T>(), invstd.data<T>());
+      if (running_mean.defined()) {
+        T* rm = running_mean.data<T>();
+        T* rv = running_var.data<T>();
+        const T* pm = mean.data<T>();
+        const T* pi = invstd.data<T>();
+        const double m = o.momentum, cnt = double(N * HW);
+        for (int64_t c = 0; c < C; ++c) {
+          const double var = 1.0 / (double(pi[c]) * pi[c]) - o.eps;
+          rm[c] = T((1 - m) * rm[c] + m * pm[c]);
+          rv[c] = T((1 - m) * rv[c] + m * var * cnt / (cnt - 1));
+        }
       }
-    }
-  });
+    });
   if (autograd::needs_grad({&x0, &gamma, &beta})) {
     Tensor xd = x.detach(), gd = g.defined() ? g.detach() : Tensor();
     const bool want_gb = gamma.defined() && (gamma.requires_grad() || beta.requires_grad());
@@ -107,6 +130,14 @@ inline Tensor batch_norm(const Tensor& x0, const Tensor& gamma, const Tensor& be
       Tensor dx = Tensor::empty(xd.shape(), go.dtype(), go.device());
       Tensor dg = want_gb ? Tensor::empty({C}, go.dtype(), go.device()) : Tensor();
       Tensor dbeta = want_gb ? Tensor::empty({C}, go.dtype(), go.device()) : Tensor();
+      if (go.device() != Device::cpu) {
+        backend::kernel_f32("batch_norm backward", go.device(), go.dtype(),
+                            &K::batch_norm_backward)(
+            N, C, HW, xd.data<float>(), go.data<float>(), gd.defined() ? gd.data<float>() : nullptr,
+            mean.data<float>(), invstd.data<float>(), dx.data<float>(),
+            want_gb ? dg.data<float>() : nullptr, want_gb ? dbeta.data<float>() : nullptr);
+        return std::vector<Tensor>{dx, dg, dbeta};
+      }
       dispatch(go.dtype(), [&]<class T>() {
         cpu::batch_norm_backward<T>(
             N, C, HW, xd.data<T>(), go.data<T>(), gd.defined() ? gd.data<T>() : nullptr,

@@ -31,22 +31,34 @@ inline cpu::Pool2dParams pool_params(const char* op, const Tensor& x, const Pool
              "x", o.kernel, " window");
   return p;
 }
+inline backend::PoolShape pool_shape(const cpu::Pool2dParams& p) {
+  return {p.N, p.C, p.H, p.W, p.kh, p.stride_h, p.pad_h, p.P(), p.Q(), p.count_include_pad};
+}
 }  // namespace ops::detail
 
 inline Tensor max_pool2d(const Tensor& x0, const Pool2dOptions& o = {}) {
   cpu::Pool2dParams p = ops::detail::pool_params("max_pool2d", x0, o);
-  ops::detail::require_cpu("max_pool2d", x0);
   Tensor x = x0.contiguous();
   Tensor y = Tensor::empty({p.N, p.C, p.P(), p.Q()}, x.dtype(), x.device());
-  dispatch(x.dtype(), [&]<class T>() { cpu::max_pool2d_forward<T>(p, x.data<T>(), y.data<T>()); });
+  using K = backend::Kernels;
+  if (x.device() == Device::cpu)
+    dispatch(x.dtype(),
+             [&]<class T>() { cpu::max_pool2d_forward<T>(p, x.data<T>(), y.data<T>()); });
+  else
+    backend::kernel_f32("max_pool2d", x.device(), x.dtype(), &K::max_pool2d_forward)(
+        ops::detail::pool_shape(p), x.data<float>(), y.data<float>());
   if (autograd::needs_grad({&x0})) {
     Tensor xd = x.detach();
     autograd::record("max_pool2d", y, {&x0}, [xd, p](const Tensor& g0) {
       Tensor g = g0.contiguous();
       Tensor dx = Tensor::empty(xd.shape(), g.dtype(), g.device());
-      dispatch(g.dtype(), [&]<class T>() {
-        cpu::max_pool2d_backward<T>(p, xd.data<T>(), g.data<T>(), dx.data<T>());
-      });
+      if (g.device() == Device::cpu)
+        dispatch(g.dtype(), [&]<class T>() {
+          cpu::max_pool2d_backward<T>(p, xd.data<T>(), g.data<T>(), dx.data<T>());
+        });
+      else
+        backend::kernel_f32("max_pool2d backward", g.device(), g.dtype(), &K::max_pool2d_backward)(
+            ops::detail::pool_shape(p), xd.data<float>(), g.data<float>(), dx.data<float>());
       return std::vector<Tensor>{dx};
     });
   }
@@ -55,16 +67,25 @@ inline Tensor max_pool2d(const Tensor& x0, const Pool2dOptions& o = {}) {
 
 inline Tensor avg_pool2d(const Tensor& x0, const Pool2dOptions& o = {}) {
   cpu::Pool2dParams p = ops::detail::pool_params("avg_pool2d", x0, o);
-  ops::detail::require_cpu("avg_pool2d", x0);
   Tensor x = x0.contiguous();
   Tensor y = Tensor::empty({p.N, p.C, p.P(), p.Q()}, x.dtype(), x.device());
-  dispatch(x.dtype(), [&]<class T>() { cpu::avg_pool2d_forward<T>(p, x.data<T>(), y.data<T>()); });
+  using K = backend::Kernels;
+  if (x.device() == Device::cpu)
+    dispatch(x.dtype(),
+             [&]<class T>() { cpu::avg_pool2d_forward<T>(p, x.data<T>(), y.data<T>()); });
+  else
+    backend::kernel_f32("avg_pool2d", x.device(), x.dtype(), &K::avg_pool2d_forward)(
+        ops::detail::pool_shape(p), x.data<float>(), y.data<float>());
   Shape in = x.shape();
   autograd::record("avg_pool2d", y, {&x0}, [in, p](const Tensor& g0) {
     Tensor g = g0.contiguous();
     Tensor dx = Tensor::empty(in, g.dtype(), g.device());
-    dispatch(g.dtype(),
-             [&]<class T>() { cpu::avg_pool2d_backward<T>(p, g.data<T>(), dx.data<T>()); });
+    if (g.device() == Device::cpu)
+      dispatch(g.dtype(),
+               [&]<class T>() { cpu::avg_pool2d_backward<T>(p, g.data<T>(), dx.data<T>()); });
+    else
+      backend::kernel_f32("avg_pool2d backward", g.device(), g.dtype(), &K::avg_pool2d_backward)(
+          ops::detail::pool_shape(p), g.data<float>(), dx.data<float>());
     return std::vector<Tensor>{dx};
   });
   return y;

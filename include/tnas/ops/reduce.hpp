@@ -43,6 +43,12 @@ inline Tensor expand_scaled(const Tensor& g, const Shape& shape, const std::vect
   Tensor gk = gc.as_strided(keep, contiguous_strides(keep), gc.offset());
   Tensor out = Tensor::empty(shape, g.dtype(), g.device());
   Strides gs = broadcast_strides(gk, shape), os = contiguous_strides(shape);
+  if (g.device() != Device::cpu) {
+    backend::kernel("expand", g.device(), &backend::Kernels::copy_view)(
+        g.dtype(), out.raw(), backend::make_view(shape, os.data()), gk.raw(),
+        backend::make_view(shape, gs.data()), factor);
+    return out;
+  }
   dispatch(g.dtype(), [&]<class T>() {
     T* o = out.data<T>();
     const T* p = static_cast<const T*>(gk.impl_ptr()->storage->data);
@@ -54,8 +60,17 @@ inline Tensor expand_scaled(const Tensor& g, const Shape& shape, const std::vect
 }
 inline Tensor reduce_sum(const char* op, const Tensor& x, const std::vector<int>& axes,
                          bool keepdim, double factor) {
-  require_cpu(op, x);
   Shape keep = reduced_shape(x.shape(), axes, true);
+  Shape final_shape = reduced_shape(x.shape(), axes, keepdim);
+  if (x.device() != Device::cpu) {
+    Tensor out = Tensor::empty(final_shape, x.dtype(), x.device());
+    unsigned mask = 0;
+    for (int a : axes) mask |= 1u << a;
+    backend::kernel(op, x.device(), &backend::Kernels::reduce_sum)(
+        x.dtype(), x.raw(), backend::make_view(x.shape(), x.strides().data()), mask, out.raw(),
+        factor);
+    return out;
+  }
   Tensor out = Tensor::zeros(keep, x.dtype(), x.device());
   dispatch(x.dtype(), [&]<class T>() {
     T* o = out.data<T>();
@@ -73,7 +88,6 @@ inline Tensor reduce_sum(const char* op, const Tensor& x, const std::vector<int>
     if (factor != 1.0)
       for (int64_t i = 0; i < out.numel(); ++i) o[i] = T(o[i] * factor);
   });
-  Shape final_shape = reduced_shape(x.shape(), axes, keepdim);
   return out.as_strided(final_shape, contiguous_strides(final_shape), 0);
 }
 }  // namespace ops::detail

@@ -93,7 +93,6 @@ inline Tensor concat(const std::vector<Tensor>& xs, int axis = 1) {
     sizes.push_back(x.shape()[a]);
     s[a] += x.shape()[a];
   }
-  ops::detail::require_cpu("concat", x0);
   Tensor out = Tensor::empty(s, x0.dtype(), x0.device());
   int64_t pos = 0;
   for (const Tensor& x : xs) {
@@ -134,23 +133,34 @@ inline std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& si
 // [N, C, H, W] -> [N, C]: the mean over each feature map.
 inline Tensor global_avg_pool(const Tensor& x0) {
   ops::detail::require_rank("global_avg_pool", x0, 4, "input");
-  ops::detail::require_cpu("global_avg_pool", x0);
   Tensor x = x0.contiguous();
   const int64_t NC = x.dim(0) * x.dim(1), HW = x.dim(2) * x.dim(3);
   Tensor out = Tensor::empty({x.dim(0), x.dim(1)}, x.dtype(), x.device());
-  dispatch(x.dtype(), [&]<class T>() {
-    const T* p = x.data<T>();
-    T* o = out.data<T>();
-    for (int64_t i = 0; i < NC; ++i) {
-      T acc = 0;
-      for (int64_t j = 0; j < HW; ++j) acc += p[i * HW + j];
-      o[i] = acc / T(HW);
-    }
-  });
+  if (x.device() != Device::cpu) {  // a mean over axes 2 and 3
+    backend::kernel("global_avg_pool", x.device(), &backend::Kernels::reduce_sum)(
+        x.dtype(), x.raw(), backend::make_view(x.shape(), x.strides().data()), 0b1100u, out.raw(),
+        1.0 / double(HW));
+  } else
+    dispatch(x.dtype(), [&]<class T>() {
+      const T* p = x.data<T>();
+      T* o = out.data<T>();
+      for (int64_t i = 0; i < NC; ++i) {
+        T acc = 0;
+        for (int64_t j = 0; j < HW; ++j) acc += p[i * HW + j];
+        o[i] = acc / T(HW);
+      }
+    });
   Shape in = x.shape();
   autograd::record("global_avg_pool", out, {&x0}, [in, NC, HW](const Tensor& g0) {
     Tensor g = g0.contiguous();
     Tensor gx = Tensor::empty(in, g.dtype(), g.device());
+    if (g.device() != Device::cpu) {  // g / HW broadcast over each map
+      const Strides gs{in[1], 1, 0, 0}, os = contiguous_strides(in);
+      backend::kernel("global_avg_pool", g.device(), &backend::Kernels::copy_view)(
+          g.dtype(), gx.raw(), backend::make_view(in, os.data()), g.raw(),
+          backend::make_view(in, gs.data()), 1.0 / double(HW));
+      return std::vector<Tensor>{gx};
+    }
     dispatch(g.dtype(), [&]<class T>() {
       const T* pg = g.data<T>();
       T* o = gx.data<T>();

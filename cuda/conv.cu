@@ -1,0 +1,510 @@
+// Convolutions on the GPU (float32, NCHW).
+//
+// Three paths, picked from the shape:
+//  - depthwise (groups == C == K), 3x3 or 5x5, stride 1 or 2, dilation 1 or 2: tiled kernels.
+//    A block owns a tile of output rows of one or more (n, c) planes; the input tile with its
+//    halo is staged in shared memory (zero outside the image, so the inner loops have no
+//    bounds checks), each thread computes V = 4 consecutive outputs along W from a register
+//    window read with 16-byte shared loads, and stores them with one 16-byte store where the
+//    row allows. Backward-input at stride 1 is the same kernel run as a correlation of gy
+//    with the flipped kernel; at stride 2 a kernel of the same tiling keeps only the taps
+//    whose source row/column is a multiple of the stride. Backward-weight reuses the forward
+//    tiling: each thread accumulates its outputs' contribution to all R*S taps in registers,
+//    the block reduces them once and writes one partial per (channel, block); a second kernel
+//    sums the partials of each channel in a fixed order (deterministic, no atomics).
+//  - pointwise (1x1, stride 1, no padding, groups 1): cuBLAS strided-batched GEMMs.
+//  - anything else (dense or grouped KxK, 1x1 with stride, other depthwise sizes): direct
+//    kernels, one thread per output (forward / backward-input) or one block per weight
+//    (backward-weight). Correct for every shape; not tuned.
+// Every kernel overwrites its output.
+#include <algorithm>
+
+#include "common.cuh"
+
+namespace tnas::cuda::detail {
+namespace {
+
+constexpr int kV = 4;  // outputs per thread along W in the tiled depthwise kernels
+
+__host__ __device__ inline int floor_div(int a, int b) {  // b > 0
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+// Tiling of an output plane set: blockDim = (tx, ty, tz); the block computes rows
+// [oh0, oh0 + ty) and columns [ow0, ow0 + tx * kV) of tz consecutive planes. The input tile
+// is ih x iw_pad floats per plane (iw_pad a multiple of 4, plus 4 floats of slack so a
+// thread's 16-byte window reads never leave the tile).
+struct Tiling {
+  int tx, ty, tz;
+  int ih, iw, iw_pad;
+  unsigned gx, gy, gz;
+  size_t smem_bytes;
+};
+Tiling make_tiling(int P, int Q, int planes, int R, int S, int st, int dil) {
+  Tiling t{};
+  t.tx = std::min(16, (Q + kV - 1) / kV);
+  t.ty = std::min(P, std::max(1, 256 / t.tx));
+  t.tz = std::max(1, std::min(planes, 256 / (t.tx * t.ty)));
+  t.ih = (t.ty - 1) * st + (R - 1) * dil + 1;
+  t.iw = (t.tx * kV - 1) * st + (S - 1) * dil + 1;
+  t.iw_pad = (t.iw + 3) / 4 * 4 + 4;
+  t.gx = unsigned((Q + t.tx * kV - 1) / (t.tx * kV));
+  t.gy = unsigned((P + t.ty - 1) / t.ty);
+  t.gz = unsigned((planes + t.tz - 1) / t.tz);
+  t.smem_bytes = size_t(t.tz) * t.ih * t.iw_pad * sizeof(float);
+  return t;
+}
+
+// Stages rows [ih0, ih0 + ih) x columns [iw0, iw0 + iw_pad) of plane `src` (H x W) into `tile`,
+// zero outside the image. All threads of the block take part.
+__device__ __forceinline__ void stage_tile(const float* __restrict__ src, int H, int W, int ih0,
+                                           int iw0, int ih, int iw_pad, float* __restrict__ tile,
+                                           int tid, int nthreads) {
+  const int n = ih * iw_pad;
+  for (int i = tid; i < n; i += nthreads) {
+    const int r = i / iw_pad, c = i - r * iw_pad;
+    const int h = ih0 + r, w = iw0 + c;
+    tile[i] = (h >= 0 && h < H && w >= 0 && w < W) ? __ldg(src + h * W + w) : 0.f;
+  }
+}
+
+// Reads the NW floats of a thread's window starting at `p` (16-byte aligned) into `win`.
+template <int NW>
+__device__ __forceinline__ void load_window(const float* p, float (&win)[NW]) {
+  static_assert(NW % 4 == 0);
+#pragma unroll
+  for (int i = 0; i < NW / 4; ++i) {
+    const float4 v = reinterpret_cast<const float4*>(p)[i];
+    win[4 * i] = v.x, win[4 * i + 1] = v.y, win[4 * i + 2] = v.z, win[4 * i + 3] = v.w;
+  }
+}
+
+// Stores V outputs at `y` (row of width Q starting at column ow); one 16-byte store when the
+// whole group is inside the row and aligned.
+__device__ __forceinline__ void store_outputs(float* y, int ow, int Q, const float (&acc)[kV]) {
+  if (ow + kV <= Q && (reinterpret_cast<uintptr_t>(y + ow) & 15) == 0) {
+    *reinterpret_cast<float4*>(y + ow) = make_float4(acc[0], acc[1], acc[2], acc[3]);
+  } else {
+#pragma unroll
+    for (int v = 0; v < kV; ++v)
+      if (ow + v < Q) y[ow + v] = acc[v];
+  }
+}
+
+// y[plane] = depthwise correlation of x[plane] (H x W) with w[plane % C] (R x S), output
+// P x Q, stride ST, dilation D, padding `pad` (any sign). FLIP: use w rotated by 180 degrees
+// (backward-input at stride 1).
+template <int R, int S, int ST, int D, bool FLIP>
+__global__ void __launch_bounds__(256)
+    dw_forward_kernel(const float* __restrict__ x, const float* __restrict__ w,
+                      float* __restrict__ y, int planes, int C, int H, int W, int P, int Q, int pad,
+                      int ih, int iw_pad) {
+  extern __shared__ __align__(16) float smem[];
+  constexpr int NW = ((kV - 1) * ST + (S - 1) * D + 1 + 3) / 4 * 4;
+  const int tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+  const int nthreads = blockDim.x * blockDim.y * blockDim.z;
+  const int oh0 = blockIdx.y * blockDim.y, ow0 = blockIdx.x * blockDim.x * kV;
+  const int plane0 = blockIdx.z * blockDim.z;
+  const int ih0 = oh0 * ST - pad, iw0 = ow0 * ST - pad;
+  for (int z = 0; z < int(blockDim.z); ++z) {
+    const int pl = plane0 + z;
+    if (pl >= planes) break;
+    stage_tile(x + size_t(pl) * H * W, H, W, ih0, iw0, ih, iw_pad, smem + z * ih * iw_pad, tid,
+               nthreads);
+  }
+  __syncthreads();
+  const int plane = plane0 + threadIdx.z;
+  const int oh = oh0 + threadIdx.y, ow = ow0 + threadIdx.x * kV;
+  if (plane >= planes || oh >= P || ow >= Q) return;
+  const int c = plane % C;
+  float wr[R * S];
+#pragma unroll
+  for (int i = 0; i < R * S; ++i) wr[i] = __ldg(w + c * R * S + (FLIP ? R * S - 1 - i : i));
+  float acc[kV] = {};
+  const float* t =
+      smem + threadIdx.z * ih * iw_pad + threadIdx.y * ST * iw_pad + threadIdx.x * kV * ST;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    float win[NW];
+    load_window<NW>(t + r * D * iw_pad, win);
+#pragma unroll
+    for (int s = 0; s < S; ++s)
+#pragma unroll
+      for (int v = 0; v < kV; ++v) acc[v] = fmaf(wr[r * S + s], win[v * ST + s * D], acc[v]);
+  }
+  store_outputs(y + (size_t(plane) * P + oh) * Q, ow, Q, acc);
+}
+
+// gx[plane] (H x W) from gy[plane] (P x Q) at stride ST > 1: gx[h][w] = sum over taps (r, s)
+// with (h + pad - r*D) and (w + pad - s*D) multiples of ST of w[r][s] * gy[(h+pad-r*D)/ST]
+// [(w+pad-s*D)/ST]. The gy tile (zero outside) starts at row floor((h0 + pad - (R-1)*D)/ST).
+template <int R, int S, int ST, int D>
+__global__ void __launch_bounds__(256)
+    dw_dgrad_strided_kernel(const float* __restrict__ gy, const float* __restrict__ w,
+                            float* __restrict__ gx, int planes, int C, int H, int W, int P, int Q,
+                            int pad, int ih, int iw_pad) {
+  extern __shared__ __align__(16) float smem[];
+  const int tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+  const int nthreads = blockDim.x * blockDim.y * blockDim.z;
+  const int h0 = blockIdx.y * blockDim.y, w0 = blockIdx.x * blockDim.x * kV;
+  const int plane0 = blockIdx.z * blockDim.z;
+  const int p0 = floor_div(h0 + pad - (R - 1) * D, ST);
+  const int q0 = floor_div(w0 + pad - (S - 1) * D, ST);
+  for (int z = 0; z < int(blockDim.z); ++z) {
+    const int pl = plane0 + z;
+    if (pl >= planes) break;
+    stage_tile(gy + size_t(pl) * P * Q, P, Q, p0, q0, ih, iw_pad, smem + z * ih * iw_pad, tid,
+               nthreads);
+  }
+  __syncthreads();
+  const int plane = plane0 + threadIdx.z;
+  const int h = h0 + threadIdx.y, wq = w0 + threadIdx.x * kV;
+  if (plane >= planes || h >= H || wq >= W) return;
+  const int c = plane % C;
+  float wr[R * S];
+#pragma unroll
+  for (int i = 0; i < R * S; ++i) wr[i] = __ldg(w + c * R * S + i);
+  const float* t = smem + threadIdx.z * ih * iw_pad;
+  float acc[kV] = {};
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int hr = h + pad - r * D;
+    if (hr % ST != 0) continue;  // sign of hr does not matter for divisibility
+    const float* row = t + (floor_div(hr, ST) - p0) * iw_pad;
+#pragma unroll
+    for (int v = 0; v < kV; ++v) {
+#pragma unroll
+      for (int s = 0; s < S; ++s) {
+        const int wc = wq + v + pad - s * D;
+        if (wc % ST == 0) acc[v] = fmaf(wr[r * S + s], row[floor_div(wc, ST) - q0], acc[v]);
+      }
+    }
+  }
+  store_outputs(gx + (size_t(plane) * H + h) * W, wq, W, acc);
+}
+
+// Partial weight gradients: for channel c = blockIdx.y, the block covers tz planes of images
+// n = blockIdx.z * tz + z and one output tile; it writes sum over its outputs of
+// gy[n,c,p,q] * x[n,c,p*ST-pad+r*D, q*ST-pad+s*D] for every tap to
+// partial[(c * gridDim.z * gridDim.x... )]: index ((c * nblk) + blk) * R*S + tap, where
+// blk = blockIdx.z * gridDim.x * gridDim_y_tiles + tile.
+template <int R, int S, int ST, int D>
+__global__ void __launch_bounds__(256)
+    dw_wgrad_partial_kernel(const float* __restrict__ x, const float* __restrict__ gy,
+                            float* __restrict__ partial, int N, int C, int H, int W, int P, int Q,
+                            int pad, int ih, int iw_pad, int tiles_x, int tiles_y) {
+  extern __shared__ __align__(16) float smem[];
+  __shared__ float red[8][R * S];
+  constexpr int NW = ((kV - 1) * ST + (S - 1) * D + 1 + 3) / 4 * 4;
+  const int tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+  const int nthreads = blockDim.x * blockDim.y * blockDim.z;
+  const int c = blockIdx.y;
+  const int tile = blockIdx.x;  // tiles_x * tiles_y tiles per plane, then image groups
+  const int tile_x = tile % tiles_x, tile_y = (tile / tiles_x) % tiles_y;
+  const int ngroup = tile / (tiles_x * tiles_y);
+  const int oh0 = tile_y * blockDim.y, ow0 = tile_x * blockDim.x * kV;
+  const int ih0 = oh0 * ST - pad, iw0 = ow0 * ST - pad;
+  const int n0 = ngroup * blockDim.z;
+  for (int z = 0; z < int(blockDim.z); ++z) {
+    const int n = n0 + z;
+    if (n >= N) break;
+    stage_tile(x + (size_t(n) * C + c) * H * W, H, W, ih0, iw0, ih, iw_pad, smem + z * ih * iw_pad,
+               tid, nthreads);
+  }
+  __syncthreads();
+  float acc[R * S] = {};
+  const int n = n0 + threadIdx.z;
+  const int oh = oh0 + threadIdx.y, ow = ow0 + threadIdx.x * kV;
+  if (n < N && oh < P && ow < Q) {
+    const float* g = gy + ((size_t(n) * C + c) * P + oh) * Q;
+    float gv[kV];
+#pragma unroll
+    for (int v = 0; v < kV; ++v) gv[v] = ow + v < Q ? __ldg(g + ow + v) : 0.f;
+    const float* t =
+        smem + threadIdx.z * ih * iw_pad + threadIdx.y * ST * iw_pad + threadIdx.x * kV * ST;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      float win[NW];
+      load_window<NW>(t + r * D * iw_pad, win);
+#pragma unroll
+      for (int s = 0; s < S; ++s)
+#pragma unroll
+        for (int v = 0; v < kV; ++v)
+          acc[r * S + s] = fmaf(gv[v], win[v * ST + s * D], acc[r * S + s]);
+    }
+  }
+  // Block reduction of the R*S sums: warp shuffles, then one row per warp in shared memory.
+  const int lane = tid & 31, warp = tid >> 5, nwarps = (nthreads + 31) >> 5;
+#pragma unroll
+  for (int i = 0; i < R * S; ++i) {
+    const float s = warp_sum(acc[i]);
+    if (lane == 0) red[warp][i] = s;
+  }
+  __syncthreads();
+  if (tid < R * S) {
+    float s = 0.f;
+    for (int k = 0; k < nwarps; ++k) s += red[k][tid];
+    partial[(size_t(c) * gridDim.x + blockIdx.x) * (R * S) + tid] = s;
+  }
+}
+
+// gw[c][tap] = sum over blocks of partial[c][block][tap], in block order.
+__global__ void sum_blocks_kernel(const float* __restrict__ partial, int C, int blocks, int RS,
+                                  float* __restrict__ gw) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= C * RS) return;
+  const int c = i / RS, tap = i - c * RS;
+  float s = 0.f;
+  for (int b = 0; b < blocks; ++b) s += partial[(size_t(c) * blocks + b) * RS + tap];
+  gw[i] = s;
+}
+
+// ---- direct kernels for every other shape ---------------------------------------------------
+struct DConv {
+  int N, C, H, W, K, R, S, st, pad, dil, G, P, Q;
+};
+DConv dconv(const ConvShape& p) {
+  return DConv{int(p.N),      int(p.C),   int(p.H),   int(p.W),      int(p.K), int(p.R), int(p.S),
+               int(p.stride), int(p.pad), int(p.dil), int(p.groups), int(p.P), int(p.Q)};
+}
+
+__global__ void direct_forward_kernel(DConv d, const float* __restrict__ x,
+                                      const float* __restrict__ w, float* __restrict__ y,
+                                      int64_t total) {
+  const int Cg = d.C / d.G, Kg = d.K / d.G;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int q = int(i % d.Q), p = int((i / d.Q) % d.P), k = int((i / (d.Q * d.P)) % d.K);
+    const int n = int(i / (int64_t(d.Q) * d.P * d.K));
+    const int g = k / Kg;
+    float acc = 0.f;
+    for (int cc = 0; cc < Cg; ++cc) {
+      const float* xp = x + (size_t(n) * d.C + g * Cg + cc) * d.H * d.W;
+      const float* wp = w + (size_t(k) * Cg + cc) * d.R * d.S;
+      for (int r = 0; r < d.R; ++r) {
+        const int h = p * d.st - d.pad + r * d.dil;
+        if (h < 0 || h >= d.H) continue;
+        for (int s = 0; s < d.S; ++s) {
+          const int ww = q * d.st - d.pad + s * d.dil;
+          if (ww >= 0 && ww < d.W)
+            acc = fmaf(__ldg(wp + r * d.S + s), __ldg(xp + h * d.W + ww), acc);
+        }
+      }
+    }
+    y[i] = acc;
+  }
+}
+
+__global__ void direct_dgrad_kernel(DConv d, const float* __restrict__ gy,
+                                    const float* __restrict__ w, float* __restrict__ gx,
+                                    int64_t total) {
+  const int Cg = d.C / d.G, Kg = d.K / d.G;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int ww = int(i % d.W), h = int((i / d.W) % d.H), c = int((i / (d.W * d.H)) % d.C);
+    const int n = int(i / (int64_t(d.W) * d.H * d.C));
+    const int g = c / Cg, cc = c - g * Cg;
+    float acc = 0.f;
+    for (int r = 0; r < d.R; ++r) {
+      const int hp = h + d.pad - r * d.dil;
+      if (hp < 0 || hp % d.st != 0 || hp / d.st >= d.P) continue;
+      const int p = hp / d.st;
+      for (int s = 0; s < d.S; ++s) {
+        const int wq = ww + d.pad - s * d.dil;
+        if (wq < 0 || wq % d.st != 0 || wq / d.st >= d.Q) continue;
+        const int q = wq / d.st;
+        for (int kk = 0; kk < Kg; ++kk) {
+          const int k = g * Kg + kk;
+          acc = fmaf(__ldg(w + ((size_t(k) * Cg + cc) * d.R + r) * d.S + s),
+                     __ldg(gy + ((size_t(n) * d.K + k) * d.P + p) * d.Q + q), acc);
+        }
+      }
+    }
+    gx[i] = acc;
+  }
+}
+
+// One block per weight element (k, cc, r, s), reducing over n, p, q.
+__global__ void direct_wgrad_kernel(DConv d, const float* __restrict__ x,
+                                    const float* __restrict__ gy, float* __restrict__ gw) {
+  __shared__ float smem[32];
+  const int Cg = d.C / d.G, Kg = d.K / d.G;
+  const int i = blockIdx.x;
+  const int s = i % d.S, r = (i / d.S) % d.R, cc = (i / (d.S * d.R)) % Cg, k = i / (d.S * d.R * Cg);
+  const int c = (k / Kg) * Cg + cc;
+  const int PQ = d.P * d.Q;
+  float acc = 0.f;
+  for (int64_t j = threadIdx.x; j < int64_t(d.N) * PQ; j += blockDim.x) {
+    const int n = int(j / PQ), pq = int(j % PQ), p = pq / d.Q, q = pq - p * d.Q;
+    const int h = p * d.st - d.pad + r * d.dil, ww = q * d.st - d.pad + s * d.dil;
+    if (h < 0 || h >= d.H || ww < 0 || ww >= d.W) continue;
+    acc = fmaf(__ldg(gy + (size_t(n) * d.K + k) * PQ + pq),
+               __ldg(x + ((size_t(n) * d.C + c) * d.H + h) * d.W + ww), acc);
+  }
+  acc = block_sum(acc, smem);
+  if (threadIdx.x == 0) gw[i] = acc;
+}
+
+// ---- path selection -------------------------------------------------------------------------
+bool fits_int32(const ConvShape& p) {
+  const int64_t lim = int64_t(1) << 31;
+  return p.N * p.C * p.H * p.W < lim && p.N * p.K * p.P * p.Q < lim;
+}
+bool is_depthwise(const ConvShape& p) {
+  return p.groups == p.C && p.K == p.C;
+}
+bool is_tiled_depthwise(const ConvShape& p) {
+  return is_depthwise(p) && p.R == p.S && (p.R == 3 || p.R == 5) &&
+         (p.stride == 1 || p.stride == 2) && (p.dil == 1 || p.dil == 2) && fits_int32(p);
+}
+bool is_pointwise(const ConvShape& p) {
+  return p.R == 1 && p.S == 1 && p.stride == 1 && p.pad == 0 && p.groups == 1;
+}
+
+// Calls f.template operator()<R, ST, D>() for the run-time (R, stride, dilation) of a tiled
+// depthwise shape.
+template <class F>
+void by_dw_shape(const ConvShape& p, F&& f) {
+  const int key = int(p.R) * 100 + int(p.stride) * 10 + int(p.dil);
+  switch (key) {
+    case 311:
+      return f.template operator()<3, 1, 1>();
+    case 312:
+      return f.template operator()<3, 1, 2>();
+    case 321:
+      return f.template operator()<3, 2, 1>();
+    case 322:
+      return f.template operator()<3, 2, 2>();
+    case 511:
+      return f.template operator()<5, 1, 1>();
+    case 512:
+      return f.template operator()<5, 1, 2>();
+    case 521:
+      return f.template operator()<5, 2, 1>();
+    case 522:
+      return f.template operator()<5, 2, 2>();
+  }
+  TNAS_CHECK(false, "conv2d (cuda): no tiled depthwise kernel for R=", p.R, " stride=", p.stride,
+             " dilation=", p.dil);
+}
+
+template <class K>
+void allow_smem(K kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    TNAS_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+// Row-major strided-batched C_b = alpha op(A_b) op(B_b) + beta C_b through column-major cuBLAS
+// (a row-major matrix is its transpose in column-major: C^T = op(B)^T op(A)^T).
+void gemm_batched(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                  int64_t lda, int64_t sa, const float* B, int64_t ldb, int64_t sb, float beta,
+                  float* C, int64_t ldc, int64_t sc, int64_t batch) {
+  TNAS_CUBLAS_CHECK(cublasSgemmStridedBatched(
+      cublas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(N), int(M),
+      int(K), &alpha, B, int(ldb), sb, A, int(lda), sa, &beta, C, int(ldc), sc, int(batch)));
+}
+
+}  // namespace
+
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  TNAS_CUBLAS_CHECK(cublasSgemm(cublas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(N), int(M), int(K), &alpha, B,
+                                int(ldb), A, int(lda), &beta, C, int(ldc)));
+}
+
+void conv2d_forward(const ConvShape& p, const float* x, const float* w, float* y) {
+  if (is_tiled_depthwise(p)) {
+    by_dw_shape(p, [&]<int R, int ST, int D>() {
+      const Tiling t = make_tiling(int(p.P), int(p.Q), int(p.N * p.C), R, R, ST, D);
+      auto k = dw_forward_kernel<R, R, ST, D, false>;
+      allow_smem(k, t.smem_bytes);
+      k<<<dim3(t.gx, t.gy, t.gz), dim3(t.tx, t.ty, t.tz), t.smem_bytes, stream()>>>(
+          x, w, y, int(p.N * p.C), int(p.C), int(p.H), int(p.W), int(p.P), int(p.Q), int(p.pad),
+          t.ih, t.iw_pad);
+    });
+  } else if (is_pointwise(p)) {
+    // y[n] (K x HW) = W (K x C) x[n] (C x HW)
+    const int64_t HW = p.H * p.W;
+    gemm_batched(false, false, p.K, HW, p.C, 1.f, w, p.C, 0, x, HW, p.C * HW, 0.f, y, HW, p.K * HW,
+                 p.N);
+  } else {
+    const int64_t total = p.N * p.K * p.P * p.Q;
+    direct_forward_kernel<<<blocks_for(total, 256), 256, 0, stream()>>>(dconv(p), x, w, y, total);
+  }
+  TNAS_CUDA_LAUNCHED();
+}
+
+void conv2d_backward_input(const ConvShape& p, const float* gy, const float* w, float* gx) {
+  if (is_tiled_depthwise(p)) {
+    by_dw_shape(p, [&]<int R, int ST, int D>() {
+      const int planes = int(p.N * p.C);
+      if constexpr (ST == 1) {
+        // A correlation of gy (P x Q) with the flipped kernel, padding (R-1)*D - pad.
+        const int pad2 = (R - 1) * D - int(p.pad);
+        const Tiling t = make_tiling(int(p.H), int(p.W), planes, R, R, 1, D);
+        auto k = dw_forward_kernel<R, R, 1, D, true>;
+        allow_smem(k, t.smem_bytes);
+        k<<<dim3(t.gx, t.gy, t.gz), dim3(t.tx, t.ty, t.tz), t.smem_bytes, stream()>>>(
+            gy, w, gx, planes, int(p.C), int(p.P), int(p.Q), int(p.H), int(p.W), pad2, t.ih,
+            t.iw_pad);
+      } else {
+        Tiling t = make_tiling(int(p.H), int(p.W), planes, R, R, 1, D);
+        // gy rows / columns a tile of ty x (tx*kV) inputs needs: ceil spans over the stride.
+        t.ih = (t.ty - 1 + (R - 1) * D) / ST + 2;
+        t.iw = (t.tx * kV - 1 + (R - 1) * D) / ST + 2;
+        t.iw_pad = (t.iw + 3) / 4 * 4;
+        t.smem_bytes = size_t(t.tz) * t.ih * t.iw_pad * sizeof(float);
+        auto k = dw_dgrad_strided_kernel<R, R, ST, D>;
+        allow_smem(k, t.smem_bytes);
+        k<<<dim3(t.gx, t.gy, t.gz), dim3(t.tx, t.ty, t.tz), t.smem_bytes, stream()>>>(
+            gy, w, gx, planes, int(p.C), int(p.H), int(p.W), int(p.P), int(p.Q), int(p.pad), t.ih,
+            t.iw_pad);
+      }
+    });
+  } else if (is_pointwise(p)) {
+    // gx[n] (C x HW) = W^T (C x K) gy[n] (K x HW)
+    const int64_t HW = p.H * p.W;
+    gemm_batched(true, false, p.C, HW, p.K, 1.f, w, p.C, 0, gy, HW, p.K * HW, 0.f, gx, HW, p.C * HW,
+                 p.N);
+  } else {
+    const int64_t total = p.N * p.C * p.H * p.W;
+    direct_dgrad_kernel<<<blocks_for(total, 256), 256, 0, stream()>>>(dconv(p), gy, w, gx, total);
+  }
+  TNAS_CUDA_LAUNCHED();
+}
+
+void conv2d_backward_weight(const ConvShape& p, const float* x, const float* gy, float* gw) {
+  if (is_tiled_depthwise(p)) {
+    by_dw_shape(p, [&]<int R, int ST, int D>() {
+      const Tiling t = make_tiling(int(p.P), int(p.Q), int(p.N), R, R, ST, D);
+      const int tiles = int(t.gx * t.gy), blocks = tiles * int(t.gz);
+      const size_t pbytes = size_t(p.C) * blocks * R * R * sizeof(float);
+      float* partial = static_cast<float*>(scratch_alloc(pbytes));
+      auto k = dw_wgrad_partial_kernel<R, R, ST, D>;
+      allow_smem(k, t.smem_bytes);
+      k<<<dim3(unsigned(blocks), unsigned(p.C), 1), dim3(t.tx, t.ty, t.tz), t.smem_bytes,
+          stream()>>>(x, gy, partial, int(p.N), int(p.C), int(p.H), int(p.W), int(p.P), int(p.Q),
+                      int(p.pad), t.ih, t.iw_pad, int(t.gx), int(t.gy));
+      TNAS_CUDA_LAUNCHED();
+      const int outs = int(p.C) * R * R;
+      sum_blocks_kernel<<<blocks_for(outs, 128), 128, 0, stream()>>>(partial, int(p.C), blocks,
+                                                                     R * R, gw);
+      scratch_free(partial, pbytes);
+    });
+  } else if (is_pointwise(p)) {
+    // gw (K x C) = sum_n gy[n] (K x HW) x[n]^T (HW x C): one GEMM per image, accumulating.
+    const int64_t HW = p.H * p.W;
+    for (int64_t n = 0; n < p.N; ++n)
+      gemm(false, true, p.K, p.C, HW, 1.f, gy + n * p.K * HW, HW, x + n * p.C * HW, HW,
+           n == 0 ? 0.f : 1.f, gw, p.C);
+  } else {
+    const int64_t total = p.K * (p.C / p.groups) * p.R * p.S;
+    direct_wgrad_kernel<<<unsigned(total), 256, 0, stream()>>>(dconv(p), x, gy, gw);
+  }
+  TNAS_CUDA_LAUNCHED();
+}
+
+}  // namespace tnas::cuda::detail

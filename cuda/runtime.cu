@@ -1,0 +1,137 @@
+// The CUDA backend's runtime: its stream, cuBLAS handle, caching device allocator, the device
+// hooks of core/tensor.hpp (copies, fill, gather, convert, accumulate) and the registration of
+// the kernel table.
+#include <mutex>
+
+#include "common.cuh"
+#include "tnas/backend/cuda/cuda.hpp"
+#include "tnas/core/allocator.hpp"
+#include "tnas/core/tensor.hpp"
+
+namespace tnas::cuda {
+namespace detail {
+namespace {
+cudaStream_t g_stream = nullptr;
+cublasHandle_t g_cublas = nullptr;
+int g_sms = 0;
+
+// cudaMalloc / cudaFree for the core's CachingAllocator: blocks are cached by size class and
+// handed out again in host order, which is the stream's order since all tnas work is on one
+// stream; no block is freed to the driver inside a step (only when the cache is released,
+// where cudaFree's implicit synchronisation makes it safe).
+void* sys_alloc(size_t n) {
+  void* p = nullptr;
+  if (cudaMalloc(&p, n) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky-free error so the retry can succeed
+    return nullptr;
+  }
+  return p;
+}
+void sys_free(void* p) {
+  (void)cudaFree(p);
+}
+
+void copy(void* dst, Device dd, const void* src, Device sd, size_t bytes) {
+  cudaMemcpyKind kind =
+      dd == Device::cuda ? (sd == Device::cuda ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
+                         : cudaMemcpyDeviceToHost;
+  TNAS_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, g_stream));
+  // The host reads its copy as soon as this returns; device-side copies stay asynchronous.
+  if (kind == cudaMemcpyDeviceToHost) TNAS_CUDA_CHECK(cudaStreamSynchronize(g_stream));
+}
+void fill_hook(void* dst, Device, DType t, double v, size_t count) {
+  fill(dst, t, v, count);
+}
+}  // namespace
+
+cudaStream_t stream() {
+  return g_stream;
+}
+cublasHandle_t cublas() {
+  return g_cublas;
+}
+int sm_count() {
+  return g_sms;
+}
+void* scratch_alloc(size_t bytes) {
+  return allocator(Device::cuda).allocate(bytes);
+}
+void scratch_free(void* p, size_t bytes) {
+  allocator(Device::cuda).deallocate(p, bytes);
+}
+
+}  // namespace detail
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+bool available() {
+  tnas::detail::load_device_backends();
+  return detail::g_stream != nullptr;
+}
+void synchronize() {
+  if (detail::g_stream) TNAS_CUDA_CHECK(cudaStreamSynchronize(detail::g_stream));
+}
+void* stream() {
+  tnas::detail::load_device_backends();
+  return detail::g_stream;
+}
+
+}  // namespace tnas::cuda
+
+extern "C" void tnas_cuda_register() {
+  using namespace tnas;
+  using namespace tnas::cuda::detail;
+  if (tnas::cuda::device_count() == 0) return;  // no GPU: Device::cuda reports "no allocator"
+  TNAS_CUDA_CHECK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
+  TNAS_CUBLAS_CHECK(cublasCreate(&g_cublas));
+  TNAS_CUBLAS_CHECK(cublasSetStream(g_cublas, g_stream));
+  int dev = 0;
+  TNAS_CUDA_CHECK(cudaGetDevice(&dev));
+  TNAS_CUDA_CHECK(cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, dev));
+
+  // Never destroyed: tensors with static storage may outlive the CUDA context's users, and
+  // cudaFree after the runtime has shut down would only report errors.
+  static auto* alloc = new CachingAllocator(sys_alloc, sys_free);
+  set_allocator(Device::cuda, alloc);
+
+  DeviceHooks& h = device_hooks();
+  h.copy = copy;
+  h.fill = fill_hook;
+  h.gather = gather;
+  h.convert = convert;
+  h.accumulate = accumulate;
+
+  static_assert(backend::kKernelCount == 24,
+                "backend::Kernels changed: register the new kernels here");
+  backend::Kernels& k = backend::kernels(Device::cuda);
+  k.unary = unary;
+  k.unary_backward = unary_backward;
+  k.binary = binary;
+  k.copy_view = copy_view;
+  k.reduce_sum = reduce_sum;
+  k.conv2d_forward = conv2d_forward;
+  k.conv2d_backward_input = conv2d_backward_input;
+  k.conv2d_backward_weight = conv2d_backward_weight;
+  k.gemm = gemm;
+  k.max_pool2d_forward = max_pool2d_forward;
+  k.max_pool2d_backward = max_pool2d_backward;
+  k.avg_pool2d_forward = avg_pool2d_forward;
+  k.avg_pool2d_backward = avg_pool2d_backward;
+  k.batch_norm_forward_train = batch_norm_forward_train;
+  k.batch_norm_forward_eval = batch_norm_forward_eval;
+  k.batch_norm_backward = batch_norm_backward;
+  k.batch_norm_backward_eval = batch_norm_backward_eval;
+  k.weighted_sum_forward = weighted_sum_forward;
+  k.weighted_sum_backward = weighted_sum_backward;
+  k.log_softmax_forward = log_softmax_forward;
+  k.log_softmax_backward = log_softmax_backward;
+  k.softmax_forward = softmax_forward;
+  k.softmax_backward = softmax_backward;
+  k.cross_entropy_forward = cross_entropy_forward;
+}

@@ -1,0 +1,162 @@
+// Backend registry: the kernels of each non-CPU device, as a table of function pointers.
+//
+// represents: one `Kernels` table per Device. The CPU path is not in the table: ops call their
+//   CPU kernels inline (templated, no indirection), and look the table up only for other devices
+//   (one branch per op, not per element). A device's backend fills its table when it is loaded;
+//   the CUDA backend (library tnas::cuda, sources in cuda/) does it in tnas_cuda_register().
+// requires: every pointer argument is device memory of the table's device, contiguous NCHW
+//   (row-major) unless a descriptor gives strides; kernels are enqueued on the backend's stream
+//   and return without waiting for the device.
+// ensures: a missing entry (nullptr) is reported by kernel() as "<op>: no kernel for device
+//   <device> in this build", so an op that a backend lacks fails with its own name.
+// Adding a kernel: add the pointer here, set it in the backend's register function, call it
+//   from the op through kernel(). kKernelCount keeps this table and its users in step.
+#pragma once
+
+#include <cstdint>
+
+#include "tnas/core/dtype.hpp"
+#include "tnas/core/error.hpp"
+#include "tnas/core/shape.hpp"
+
+namespace tnas::backend {
+
+// A 2-D convolution: input [N, C, H, W], weight [K, C/groups, R, S], output [N, K, P, Q]. Square
+// stride / padding / dilation, as ops/conv.hpp's options.
+struct ConvShape {
+  int64_t N, C, H, W, K, R, S, stride, pad, dil, groups, P, Q;
+};
+// A 2-D pooling window: input [N, C, H, W], output [N, C, P, Q], window k x k.
+struct PoolShape {
+  int64_t N, C, H, W, k, stride, pad, P, Q;
+  bool count_include_pad;
+};
+// A strided view: element (i_0, ..., i_{rank-1}) is at base + sum i_j * stride[j] (elements).
+struct View {
+  int rank = 0;
+  int64_t shape[kMaxDims] = {};
+  int64_t stride[kMaxDims] = {};
+};
+
+enum class UnaryOp : uint8_t { relu, sigmoid, tanh, exp, log, square, sign_ste, scale, add_scalar };
+// neg_div: -a / b (the factor of d(a/b)/db).
+enum class BinaryOp : uint8_t { add, sub, mul, div, neg_div };
+
+struct Kernels {
+  // ---- elementwise and data movement (float32 and float64) -------------------------------
+  // y[i] = f(x[i]) for i < n; `s` is the constant of scale / add_scalar.
+  void (*unary)(UnaryOp op, DType t, const void* x, void* y, int64_t n, double s) = nullptr;
+  // gx[i] = g[i] * f'(x[i]) where f' may read the forward output y (relu, sigmoid, tanh, exp).
+  void (*unary_backward)(UnaryOp op, DType t, const void* g, const void* x, const void* y, void* gx,
+                         int64_t n) = nullptr;
+  // out (contiguous, shape of `a`'s view) = f(a, b); a and b are views of the output shape
+  // (stride 0 on broadcast axes). out may alias a when a is contiguous.
+  void (*binary)(BinaryOp op, DType t, const void* a, const View& va, const void* b, const View& vb,
+                 void* out) = nullptr;
+  // dst (view of shape vs.shape) = factor * src (view). Copies, gathers and broadcasts.
+  void (*copy_view)(DType t, void* dst, const View& vd, const void* src, const View& vs,
+                    double factor) = nullptr;
+  // out[contiguous over the axes not in reduce_mask] = factor * sum of x over the axes whose
+  // bit is set in reduce_mask.
+  void (*reduce_sum)(DType t, const void* x, const View& vx, unsigned reduce_mask, void* out,
+                     double factor) = nullptr;
+
+  // ---- convolution (float32) --------------------------------------------------------------
+  // Every conv kernel overwrites its output.
+  void (*conv2d_forward)(const ConvShape& p, const float* x, const float* w, float* y) = nullptr;
+  void (*conv2d_backward_input)(const ConvShape& p, const float* gy, const float* w,
+                                float* gx) = nullptr;
+  void (*conv2d_backward_weight)(const ConvShape& p, const float* x, const float* gy,
+                                 float* gw) = nullptr;
+  // Row-major C[M, N] = alpha * op(A) op(B) + beta * C, as cpu::gemm.
+  void (*gemm)(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+               int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+               int64_t ldc) = nullptr;
+
+  // ---- pooling (float32; no index tensor, max recomputes the argmax) ---------------------
+  void (*max_pool2d_forward)(const PoolShape& p, const float* x, float* y) = nullptr;
+  void (*max_pool2d_backward)(const PoolShape& p, const float* x, const float* gy,
+                              float* gx) = nullptr;
+  void (*avg_pool2d_forward)(const PoolShape& p, const float* x, float* y) = nullptr;
+  void (*avg_pool2d_backward)(const PoolShape& p, const float* gy, float* gx) = nullptr;
+
+  // ---- batch norm over [N, C, HW] (float32; gamma/beta null when not affine) ------------
+  // Training: batch statistics into mean / invstd [C]; running_mean / running_var (may be
+  // null) updated in place with `momentum` and the unbiased variance.
+  void (*batch_norm_forward_train)(int64_t N, int64_t C, int64_t HW, const float* x,
+                                   const float* gamma, const float* beta, float eps, float momentum,
+                                   float* y, float* mean, float* invstd, float* running_mean,
+                                   float* running_var) = nullptr;
+  void (*batch_norm_forward_eval)(int64_t N, int64_t C, int64_t HW, const float* x,
+                                  const float* gamma, const float* beta, const float* mean,
+                                  const float* var, float eps, float* y) = nullptr;
+  // Training backward; dgamma / dbeta may be null (not wanted).
+  void (*batch_norm_backward)(int64_t N, int64_t C, int64_t HW, const float* x, const float* gy,
+                              const float* gamma, const float* mean, const float* invstd, float* gx,
+                              float* dgamma, float* dbeta) = nullptr;
+  // Evaluation backward (the statistics are constants); dgamma / dbeta may be null.
+  void (*batch_norm_backward_eval)(int64_t N, int64_t C, int64_t HW, const float* x,
+                                   const float* gy, const float* gamma, const float* mean,
+                                   const float* var, float eps, float* gx, float* dgamma,
+                                   float* dbeta) = nullptr;
+
+  // ---- mixed-op weighted sum (float32) ----------------------------------------------------
+  // out[i] = sum_k w[k] * ys[k][i]; ys[k] null = a zero candidate. w is device memory [K].
+  void (*weighted_sum_forward)(int K, const float* const* ys, const float* w, float* out,
+                               int64_t n) = nullptr;
+  // gys[k][i] = w[k] * g[i] (gys[k] null: not wanted); gw[k] = <g, ys[k]> (gw null: not
+  // wanted; 0 for a null ys[k]).
+  void (*weighted_sum_backward)(int K, const float* const* ys, const float* w, const float* g,
+                                float* const* gys, float* gw, int64_t n) = nullptr;
+
+  // ---- softmax and cross-entropy over the last axis (float32) ----------------------------
+  void (*log_softmax_forward)(int64_t rows, int64_t cols, const float* x, float* y) = nullptr;
+  void (*log_softmax_backward)(int64_t rows, int64_t cols, const float* g, const float* y,
+                               float* gx) = nullptr;
+  void (*softmax_forward)(int64_t rows, int64_t cols, const float* x, float* y) = nullptr;
+  void (*softmax_backward)(int64_t rows, int64_t cols, const float* g, const float* y,
+                           float* gx) = nullptr;
+  // loss[0] = mean_i -log softmax(x_i)[labels[i]] and dlogits = (softmax(x) - onehot) / B, so
+  // backward is dlogits * g with no host synchronisation. labels is host memory [B].
+  void (*cross_entropy_forward)(int64_t B, int64_t K, const float* x, const int32_t* labels,
+                                float* loss, float* dlogits) = nullptr;
+};
+// The number of kernel slots; change it together with the table (and the backends' register
+// functions, which static_assert against it).
+inline constexpr size_t kKernelCount = 24;
+static_assert(
+    sizeof(Kernels) == kKernelCount * sizeof(void*),
+    "backend::Kernels changed: update kKernelCount and every backend's register function");
+
+// The table of device d (never null; entries are null until a backend fills them).
+inline Kernels& kernels(Device d) {
+  static Kernels tables[2];
+  return tables[static_cast<int>(d)];
+}
+
+// The kernel in `slot` for device d, or a tnas::Error naming the op and the device.
+template <class Fn>
+Fn kernel(const char* op, Device d, Fn Kernels::*slot) {
+  Fn f = kernels(d).*slot;
+  TNAS_CHECK(f, op, ": no kernel for device ", d, " in this build");
+  return f;
+}
+// As kernel(), for the float32-only entries: also checks the dtype.
+template <class Fn>
+Fn kernel_f32(const char* op, Device d, DType t, Fn Kernels::*slot) {
+  TNAS_CHECK(t == DType::f32, op, ": the ", d, " kernels take float32, got ", t);
+  return kernel(op, d, slot);
+}
+
+// A View of a tensor's shape and strides (as arrays of kMaxDims).
+inline View make_view(const Shape& s, const int64_t* strides) {
+  View v;
+  v.rank = s.rank();
+  for (int i = 0; i < v.rank; ++i) {
+    v.shape[i] = s[i];
+    v.stride[i] = strides[i];
+  }
+  return v;
+}
+
+}  // namespace tnas::backend

@@ -1,0 +1,242 @@
+// The CUDA backend against the CPU path: every op on random inputs of odd sizes, forward and
+// gradients, with the device allocator's cache poisoned with NaN first (so a kernel that
+// leaves an output element unwritten fails). Without a CUDA device every case says so and
+// skips; the file is only built when the backend is (TNAS_HAVE_CUDA).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "testing.hpp"
+#include "tnas/backend/cuda/cuda.hpp"
+#include "tnas/tnas.hpp"
+
+using namespace tnas;
+using V = std::vector<Tensor>;
+
+namespace {
+
+bool have_gpu() {
+  static const bool ok = cuda::device_count() > 0 && cuda::available();
+  return ok;
+}
+#define SKIP_WITHOUT_GPU()                \
+  do {                                    \
+    if (!have_gpu()) {                    \
+      MESSAGE("skipped: no CUDA device"); \
+      return;                             \
+    }                                     \
+  } while (0)
+
+// Fills the device cache with NaN blocks of the sizes a case will ask for, so outputs start
+// as NaN wherever the allocator hands out a cached block.
+void poison(const std::vector<int64_t>& numels) {
+  std::vector<Tensor> keep;
+  for (int64_t n : numels)
+    for (int i = 0; i < 4; ++i)
+      keep.push_back(
+          Tensor::full({n}, std::numeric_limits<double>::quiet_NaN(), DType::f32, Device::cuda));
+}
+
+// Runs f on CPU leaves and on their CUDA copies, back-propagates the same random gradient of
+// the output, and compares outputs and every input's gradient.
+void compare(const std::string& what, const std::function<Tensor(const V&)>& f, const V& inputs,
+             double tol = 1e-4, bool grads = true) {
+  INFO(what);
+  V cpu, dev;
+  std::vector<int64_t> sizes;
+  for (const Tensor& t : inputs) {
+    Tensor c = t.clone();
+    Tensor d = t.to(Device::cuda);
+    if (grads) c.set_requires_grad(), d.set_requires_grad();
+    cpu.push_back(c);
+    dev.push_back(d);
+    sizes.push_back(t.numel());
+  }
+  Tensor yc = f(cpu);
+  sizes.push_back(yc.numel());
+  poison(sizes);
+  Tensor yd = f(dev);
+  REQUIRE(yd.device() == Device::cuda);
+  CHECK(max_abs_diff(yc, yd.cpu()) <= tol * (1 + max_abs_diff(yc, Tensor::zeros(yc.shape()))));
+  if (!grads) return;
+  Rng rng(7);
+  Tensor g = Tensor::randn(yc.shape(), rng);
+  poison(sizes);
+  backward(yc, g);
+  backward(yd, g.to(Device::cuda));
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    INFO("gradient of input ", i);
+    REQUIRE(cpu[i].grad().defined());
+    REQUIRE(dev[i].grad().defined());
+    const double scale = 1 + max_abs_diff(cpu[i].grad(), Tensor::zeros(cpu[i].shape()));
+    CHECK(max_abs_diff(cpu[i].grad(), dev[i].grad().cpu()) <= tol * scale);
+  }
+}
+
+Tensor rnd(const Shape& s, uint64_t seed, double stddev = 1.0) {
+  Rng rng(seed);
+  return Tensor::randn(s, rng, stddev);
+}
+
+}  // namespace
+
+TEST_CASE("cuda: tensors round-trip and fill, convert, gather, accumulate") {
+  SKIP_WITHOUT_GPU();
+  Tensor a = rnd({3, 5, 7, 9}, 1);
+  Tensor d = a.to(Device::cuda);
+  CHECK(d.device() == Device::cuda);
+  CHECK(max_abs_diff(a, d.cpu()) == 0);
+  CHECK(Tensor::full({7, 3}, 2.5, DType::f32, Device::cuda).to_vector() ==
+        std::vector<double>(21, 2.5));
+  CHECK(max_abs_diff(a.to(DType::f64), d.to(DType::f64).cpu()) == 0);
+  // a strided view made contiguous on the device
+  Tensor v = d.as_strided({3, 5, 9, 7}, {315, 63, 1, 9}, 0).contiguous();
+  Tensor vc = a.as_strided({3, 5, 9, 7}, {315, 63, 1, 9}, 0).contiguous();
+  CHECK(max_abs_diff(vc, v.cpu()) == 0);
+}
+
+TEST_CASE("cuda: elementwise, broadcasting, reductions") {
+  SKIP_WITHOUT_GPU();
+  Tensor a = rnd({3, 5, 7}, 2), b = rnd({5, 1}, 3), c = rnd({3, 5, 7}, 4);
+  compare("add broadcast", [](const V& x) { return add(x[0], x[1]); }, {a, b});
+  compare("sub", [](const V& x) { return sub(x[0], x[1]); }, {a, c});
+  compare("mul broadcast", [](const V& x) { return mul(x[0], x[1]); }, {a, b});
+  compare("div", [](const V& x) { return div(x[0], add_scalar(square(x[1]), 1.0)); }, {a, c});
+  compare("scale", [](const V& x) { return scale(x[0], -1.5); }, {a});
+  compare("relu", [](const V& x) { return relu(x[0]); }, {a});
+  compare("sigmoid", [](const V& x) { return sigmoid(x[0]); }, {a});
+  compare("tanh", [](const V& x) { return tanh(x[0]); }, {a});
+  compare("exp", [](const V& x) { return exp(x[0]); }, {a});
+  compare("log", [](const V& x) { return log(add_scalar(square(x[0]), 0.5)); }, {a});
+  compare("sign_ste", [](const V& x) { return sign_ste(x[0]); }, {a});
+  compare("sum axes", [](const V& x) { return sum(x[0], {0, 2}); }, {a});
+  compare("mean all", [](const V& x) { return mean(x[0]); }, {a});
+  compare("global_avg_pool", [](const V& x) { return global_avg_pool(x[0]); },
+          {rnd({3, 5, 7, 9}, 5)});
+  compare("concat",
+          [](const V& x) {
+            return concat({x[0], x[1]}, 1);
+          },
+          {rnd({3, 2, 7}, 6), rnd({3, 5, 7}, 7)});
+}
+
+TEST_CASE("cuda: depthwise and dilated depthwise conv, every kernel size / stride / dilation") {
+  SKIP_WITHOUT_GPU();
+  for (int R : {3, 5})
+    for (int stride : {1, 2})
+      for (int dil : {1, 2}) {
+        const int pad = (R - 1) * dil / 2;
+        for (auto shape : {Shape{3, 5, 7, 9}, Shape{2, 4, 16, 16}, Shape{1, 3, 13, 37}}) {
+          const int64_t C = shape[1];
+          Tensor x = rnd(shape, 10 + R), w = rnd({C, 1, R, R}, 20 + R, 0.5);
+          compare(
+              "dw R=" + std::to_string(R) + " s=" + std::to_string(stride) +
+                  " d=" + std::to_string(dil) + " " + shape.str(),
+              [&](const V& v) {
+                return conv2d(
+                    v[0], v[1],
+                    {.stride = stride, .padding = pad, .dilation = dil, .groups = int(C)});
+              },
+              {x, w}, 1e-4);
+        }
+      }
+}
+
+TEST_CASE("cuda: pointwise, dense, grouped and strided conv, with bias; linear and matmul") {
+  SKIP_WITHOUT_GPU();
+  Tensor x = rnd({3, 6, 7, 9}, 30);
+  compare("pointwise", [](const V& v) { return conv2d(v[0], v[1], {}, v[2]); },
+          {x, rnd({5, 6, 1, 1}, 31), rnd({5}, 32)});
+  compare("1x1 stride 2", [](const V& v) { return conv2d(v[0], v[1], {.stride = 2}); },
+          {x, rnd({4, 6, 1, 1}, 33)});
+  compare("dense 3x3", [](const V& v) { return conv2d(v[0], v[1], {.padding = 1}); },
+          {x, rnd({5, 6, 3, 3}, 34)});
+  compare("grouped 3x3 stride 2",
+          [](const V& v) { return conv2d(v[0], v[1], {.stride = 2, .padding = 1, .groups = 2}); },
+          {x, rnd({4, 3, 3, 3}, 35)});
+  compare("linear", [](const V& v) { return linear(v[0], v[1], v[2]); },
+          {rnd({7, 11}, 36), rnd({5, 11}, 37), rnd({5}, 38)});
+  compare("matmul", [](const V& v) { return matmul(v[0], v[1]); },
+          {rnd({7, 11}, 39), rnd({11, 3}, 40)});
+}
+
+TEST_CASE("cuda: max and avg pooling") {
+  SKIP_WITHOUT_GPU();
+  for (int stride : {1, 2})
+    for (auto shape : {Shape{3, 5, 7, 9}, Shape{2, 3, 8, 8}}) {
+      Tensor x = rnd(shape, 50 + stride);
+      const Pool2dOptions o{.kernel = 3, .stride = stride, .padding = 1};
+      compare("max_pool " + shape.str(), [&](const V& v) { return max_pool2d(v[0], o); }, {x});
+      compare("avg_pool " + shape.str(), [&](const V& v) { return avg_pool2d(v[0], o); }, {x});
+      Pool2dOptions inc = o;
+      inc.count_include_pad = true;
+      compare("avg_pool incl pad " + shape.str(), [&](const V& v) { return avg_pool2d(v[0], inc); },
+              {x});
+    }
+}
+
+TEST_CASE("cuda: mixed-op weighted sum") {
+  SKIP_WITHOUT_GPU();
+  const Shape s{3, 5, 7, 9};
+  compare("weighted_sum",
+          [](const V& v) {
+            return weighted_sum({v[0], v[1], Tensor(), v[2]}, v[3]);
+          },
+          {rnd(s, 60), rnd(s, 61), rnd(s, 62), rnd({4}, 63)});
+  compare("weighted_sum odd size",
+          [](const V& v) {
+            return weighted_sum({v[0], v[1]}, v[2]);
+          },
+          {rnd({3, 5, 7}, 64), rnd({3, 5, 7}, 65), rnd({2}, 66)});
+}
+
+TEST_CASE("cuda: batch norm, train and eval, affine or not") {
+  SKIP_WITHOUT_GPU();
+  const Shape s{3, 5, 7, 9};
+  for (bool affine : {true, false}) {
+    Tensor rm_c = rnd({5}, 70, 0.1), rv_c = add_scalar(square(rnd({5}, 71)), 0.5);
+    Tensor rm_d = rm_c.to(Device::cuda), rv_d = rv_c.to(Device::cuda);
+    V in{rnd(s, 72)};
+    if (affine) in.push_back(rnd({5}, 73)), in.push_back(rnd({5}, 74));
+    int calls = 0;
+    compare(
+        std::string("batch_norm train affine=") + (affine ? "1" : "0"),
+        [&](const V& v) {
+          const bool dev = v[0].device() == Device::cuda;
+          ++calls;
+          return batch_norm(v[0], affine ? v[1] : Tensor(), affine ? v[2] : Tensor(),
+                            dev ? rm_d : rm_c, dev ? rv_d : rv_c, {.training = true});
+        },
+        in);
+    CHECK(calls == 2);
+    CHECK(max_abs_diff(rm_c, rm_d.cpu()) < 1e-5);
+    CHECK(max_abs_diff(rv_c, rv_d.cpu()) < 1e-5);
+    compare(
+        std::string("batch_norm eval affine=") + (affine ? "1" : "0"),
+        [&](const V& v) {
+          const bool dev = v[0].device() == Device::cuda;
+          return batch_norm(v[0], affine ? v[1] : Tensor(), affine ? v[2] : Tensor(),
+                            dev ? rm_d : rm_c, dev ? rv_d : rv_c, {.training = false});
+        },
+        in);
+  }
+}
+
+TEST_CASE("cuda: softmax, log_softmax, cross-entropy") {
+  SKIP_WITHOUT_GPU();
+  Tensor x = rnd({7, 10}, 80, 2.0);
+  compare("softmax", [](const V& v) { return softmax(v[0]); }, {x});
+  compare("log_softmax", [](const V& v) { return log_softmax(v[0]); }, {rnd({5, 37}, 81)});
+  const std::vector<int32_t> labels{0, 3, 9, 9, 1, 5, 2};
+  compare("cross_entropy", [&](const V& v) { return cross_entropy(v[0], labels); }, {x});
+}
+
+TEST_CASE("cuda: a missing kernel names the op and the device") {
+  SKIP_WITHOUT_GPU();
+  Tensor x = rnd({2, 3}, 90).to(DType::f64).to(Device::cuda);
+  CHECK(testing::throws_with([&] { softmax(x); }, {"softmax", "cuda", "float32"}));
+}
