@@ -199,12 +199,14 @@ inline Tensor operator-(const Tensor& x, double s) {
 // ---- activations -------------------------------------------------------------------------
 
 namespace ops::detail {
-// Unary op whose backward is g * dfdy(x, y); saves x and y (detached).
-template <class F, class D>
+// Unary op whose backward is g * dfdy(x, y). dfdy reads only one of its arguments: the output y
+// when kFromOutput (relu, sigmoid, tanh, exp), else the input x; only that one is saved, and it
+// is passed for both, so the tape never keeps the other alive.
+template <bool kFromOutput, class F, class D>
 Tensor unary_op(const char* name, backend::UnaryOp uop, const Tensor& x, F f, D dfdy) {
   Tensor out = unary_map(name, uop, 0.0, x, f);
   if (needs_grad({&x})) {
-    Tensor xd = x.contiguous().detach(), yd = out.detach();
+    Tensor xd = kFromOutput ? out.detach() : x.contiguous().detach(), yd = xd;
     record(name, out, {&x}, [=](const Tensor& g0) {
       Tensor g = g0.contiguous();
       Tensor gx = Tensor::empty(g.shape(), g.dtype(), g.device());
@@ -230,33 +232,33 @@ Tensor unary_op(const char* name, backend::UnaryOp uop, const Tensor& x, F f, D 
 }  // namespace ops::detail
 
 inline Tensor relu(const Tensor& x) {
-  return ops::detail::unary_op(
+  return ops::detail::unary_op<true>(
       "relu", backend::UnaryOp::relu, x, [](auto v) { return v > 0 ? v : decltype(v)(0); },
       [](auto, auto y) { return y > 0 ? decltype(y)(1) : decltype(y)(0); });
 }
 inline Tensor sigmoid(const Tensor& x) {
-  return ops::detail::unary_op(
+  return ops::detail::unary_op<true>(
       "sigmoid", backend::UnaryOp::sigmoid, x,
       [](auto v) { return decltype(v)(1) / (decltype(v)(1) + std::exp(-v)); },
       [](auto, auto y) { return y * (decltype(y)(1) - y); });
 }
 inline Tensor tanh(const Tensor& x) {
-  return ops::detail::unary_op(
+  return ops::detail::unary_op<true>(
       "tanh", backend::UnaryOp::tanh, x, [](auto v) { return std::tanh(v); },
       [](auto, auto y) { return decltype(y)(1) - y * y; });
 }
 inline Tensor exp(const Tensor& x) {
-  return ops::detail::unary_op(
+  return ops::detail::unary_op<true>(
       "exp", backend::UnaryOp::exp, x, [](auto v) { return std::exp(v); },
       [](auto, auto y) { return y; });
 }
 inline Tensor log(const Tensor& x) {
-  return ops::detail::unary_op(
+  return ops::detail::unary_op<false>(
       "log", backend::UnaryOp::log, x, [](auto v) { return std::log(v); },
       [](auto v, auto) { return decltype(v)(1) / v; });
 }
 inline Tensor square(const Tensor& x) {
-  return ops::detail::unary_op(
+  return ops::detail::unary_op<false>(
       "square", backend::UnaryOp::square, x, [](auto v) { return v * v; },
       [](auto v, auto) { return 2 * v; });
 }
@@ -265,7 +267,7 @@ inline Tensor square(const Tensor& x) {
 // straight-through estimator of BinaryNet: the gradient passes unchanged where |x| <= 1 and
 // is cut elsewhere.
 inline Tensor sign_ste(const Tensor& x) {
-  return ops::detail::unary_op(
+  return ops::detail::unary_op<false>(
       "sign_ste", backend::UnaryOp::sign_ste, x,
       [](auto v) { return v >= 0 ? decltype(v)(1) : decltype(v)(-1); },
       [](auto v, auto) { return std::abs(v) <= 1 ? decltype(v)(1) : decltype(v)(0); });

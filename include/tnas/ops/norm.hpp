@@ -122,7 +122,20 @@ inline Tensor batch_norm(const Tensor& x0, const Tensor& gamma, const Tensor& be
         }
       }
     });
-  if (autograd::needs_grad({&x0, &gamma, &beta})) {
+  if (autograd::needs_grad({&x0, &gamma, &beta}) && !gamma.defined() && x.device() == Device::cpu) {
+    // Non-affine (the DARTS search candidates): the output is x_hat, which is all the backward
+    // needs, so the input is not kept alive by the tape.
+    Tensor yd = y.detach();
+    autograd::record("batch_norm", y, {&x0, &gamma, &beta}, [=](const Tensor& go0) {
+      Tensor go = go0.contiguous();
+      Tensor dx = Tensor::empty(yd.shape(), go.dtype(), go.device());
+      dispatch(go.dtype(), [&]<class T>() {
+        cpu::batch_norm_backward_from_output<T>(N, C, HW, yd.data<T>(), go.data<T>(),
+                                                invstd.data<T>(), dx.data<T>());
+      });
+      return std::vector<Tensor>{dx, Tensor(), Tensor()};
+    });
+  } else if (autograd::needs_grad({&x0, &gamma, &beta})) {
     Tensor xd = x.detach(), gd = g.defined() ? g.detach() : Tensor();
     const bool want_gb = gamma.defined() && (gamma.requires_grad() || beta.requires_grad());
     autograd::record("batch_norm", y, {&x0, &gamma, &beta}, [=](const Tensor& go0) {

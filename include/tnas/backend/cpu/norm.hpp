@@ -170,4 +170,38 @@ void batch_norm_backward(int64_t N, int64_t C, int64_t HW, const T* x, const T* 
   }
 }
 
+// Backward of a non-affine batch_norm_forward_train from its output xhat = (x - mean) * invstd,
+// so the forward input can be freed: gx = invstd * (gy - mean(gy) - xhat * mean(gy * xhat)).
+template <class T>
+void batch_norm_backward_from_output(int64_t N, int64_t C, int64_t HW, const T* xhat, const T* gy,
+                                     const T* invstd, T* gx) {
+  detail::check_bn(N, C, HW, "batch_norm_backward_from_output");
+  const double M = static_cast<double>(N * HW);
+  std::vector<double> s(static_cast<size_t>(2 * C));  // per channel: sum gy, sum gy*xhat
+  detail::bn_channel_sums<2>(N, C, HW, s.data(), [&](int64_t, int64_t row, double* acc) {
+    const T* r = xhat + row;
+    const T* g = gy + row;
+    T a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+    for (int64_t i = 0; i < HW; ++i) {
+      a += g[i];
+      b += g[i] * r[i];
+    }
+    acc[0] += static_cast<double>(a);
+    acc[1] += static_cast<double>(b);
+  });
+#pragma omp parallel for schedule(static) if (N * C > 1)
+  for (int64_t nc = 0; nc < N * C; ++nc) {
+    const size_t c = static_cast<size_t>(nc % C);
+    const double is = static_cast<double>(invstd[c]);
+    const T a = static_cast<T>(is), b = static_cast<T>(-is * s[2 * c] / M),
+            d = static_cast<T>(-is * s[2 * c + 1] / M);
+    const T* r = xhat + nc * HW;
+    const T* g = gy + nc * HW;
+    T* o = gx + nc * HW;
+#pragma omp simd
+    for (int64_t i = 0; i < HW; ++i) o[i] = a * g[i] + b + d * r[i];
+  }
+}
+
 }  // namespace tnas::cpu
