@@ -63,13 +63,15 @@ int main(int argc, char** argv) {
     }
     std::sort(t.begin(), t.end());
     const double med = t.empty() ? 0 : t[t.size() / 2], mn = t.empty() ? 0 : t.front();
+    const AllocatorStats st = allocator(Device::cpu).stats();
     std::printf(
         "{\"impl\":\"tnas\",\"batch\":%ld,\"hw\":%ld,\"cin\":%ld,\"C\":%ld,\"layers\":%ld,"
         "\"second_order\":%s,\"step_ms_median\":%.1f,\"step_ms_min\":%.1f,\"peak_rss_MiB\":%.1f,"
-        "\"iters\":%ld,\"warm\":%ld,\"warmup_s\":%.2f,\"last_loss\":%.4f,\"n_weight_params\":%lld}"
+        "\"tensor_peak_MiB\":%.1f,\"cached_MiB\":%.1f,\"system_allocs\":%zu,\"iters\":%ld,\"warm\":%ld,\"warmup_s\":%.2f,\"last_loss\":%.4f,\"n_weight_params\":%lld}"
         "\n",
         a["batch"], a["hw"], a["cin"], a["C"], a["layers"], a["second-order"] ? "true" : "false",
-        med, mn, peak_rss_mib(), a["iters"], a["warm"], warm_s, loss,
+        med, mn, peak_rss_mib(), double(st.peak_bytes) / (1 << 20),
+        double(st.cached_bytes) / (1 << 20), st.system_allocs, a["iters"], a["warm"], warm_s, loss,
         (long long)net.num_parameters());
   } catch (const Error& e) {
     std::fprintf(stderr, "bench_darts_step: %s\n", e.what());

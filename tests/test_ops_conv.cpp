@@ -59,6 +59,27 @@ TEST_CASE("gradients: conv2d (dense, strided, dilated, depthwise, grouped, point
   }
 }
 
+TEST_CASE("relu_conv2d equals conv2d(relu(x)) in value and gradients, keeping x only") {
+  Rng rng(16);
+  Tensor x = param({2, 4, 7, 5}, rng);
+  for (double& v : std::span(x.data<double>(), size_t(x.numel())))
+    if (std::abs(v) < 0.05) v = 0.3;  // away from the kink
+  Tensor wd = param({4, 1, 3, 3}, rng, 0.5), wp = param({3, 4, 1, 1}, rng, 0.5);
+  const Conv2dOptions dw{.stride = 2, .padding = 2, .dilation = 2, .groups = 4};
+  auto fused = [dw](const V& v) { return relu_conv2d(v[0], v[1], dw); };
+  auto plain = [dw](const V& v) { return conv2d(relu(v[0]), v[1], dw); };
+  CHECK(fused(V{x, wd}).to_vector() == plain(V{x, wd}).to_vector());
+  TNAS_CHECK_GRADS(fused, (V{x, wd}));
+  Tensor b = param({3}, rng);
+  auto fused_pw = [](const V& v) { return relu_conv2d(v[0], v[1], {}, v[2]); };
+  TNAS_CHECK_GRADS(fused_pw, (V{x, wp, b}));
+  // A non-contiguous input (FactorizedReduce's shifted branch).
+  auto shifted = [](const V& v) {
+    return relu_conv2d(slice(slice(v[0], 2, 1, 7), 3, 1, 5), v[1], {.stride = 2});
+  };
+  TNAS_CHECK_GRADS(shifted, (V{x, wp}));
+}
+
 TEST_CASE("conv2d errors name the op and the shapes") {
   Tensor x = Tensor::zeros({2, 3, 8, 8});
   CHECK(testing::throws_with(

@@ -79,6 +79,11 @@ class Conv2d : public Module {
     detail::require_nchw(*this, x, in_);
     return conv2d(x, weight_, {cfg_.stride, cfg_.padding, cfg_.dilation, cfg_.groups}, bias_);
   }
+  // forward(relu(x)), keeping x rather than relu(x) for the backward (ops::relu_conv2d).
+  Tensor forward_relu(const Tensor& x) {
+    detail::require_nchw(*this, x, in_);
+    return relu_conv2d(x, weight_, {cfg_.stride, cfg_.padding, cfg_.dilation, cfg_.groups}, bias_);
+  }
   const Tensor& weight() const { return weight_; }
   const Tensor& bias() const { return bias_; }  // undefined without cfg.bias
   int64_t in_channels() const { return in_; }
@@ -287,10 +292,23 @@ class Sequential : public Module {
     layers_.push_back(m);
     return m;
   }
+  // A ReLU followed by a Conv2d runs as one relu_conv2d, which keeps the ReLU's input instead
+  // of its output for the backward (the input is usually kept anyway: a BN output or a cell
+  // state), so ReLU -> Conv chains hold one tensor less each until the backward.
   Tensor forward(const Tensor& x) override {
     TNAS_CHECK(!layers_.empty(), "Sequential: forward of an empty Sequential");
     Tensor y = x;
-    for (auto& m : layers_) y = m->forward(y);
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      auto* conv = i + 1 < layers_.size() && dynamic_cast<const ReLU*>(layers_[i].get())
+                       ? dynamic_cast<Conv2d*>(layers_[i + 1].get())
+                       : nullptr;
+      if (conv) {
+        y = conv->forward_relu(y);
+        ++i;
+      } else {
+        y = layers_[i]->forward(y);
+      }
+    }
     return y;
   }
   bool begins_with_relu() const override {

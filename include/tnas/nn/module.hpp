@@ -65,8 +65,9 @@ class Module {
   Tensor operator()(const Tensor& x) { return forward(x); }
 
   // A module whose first layer is a ReLU can take relu(x) computed elsewhere:
-  // forward_after_relu(relu(x)) == forward(x). A MixedOp computes relu(x) once for all such
-  // candidates of its edge (four of DARTS' eight), which saves their time and their memory.
+  // forward_after_relu(relu(x)) == forward(x), for callers that already hold relu(x). (The
+  // supernet does not share relu(x) between candidates: relu_conv2d recomputes it and holds
+  // less memory, see nn::Sequential::forward.)
   virtual bool begins_with_relu() const { return false; }
   virtual Tensor forward_after_relu(const Tensor&) {
     TNAS_FAIL(name_, " does not begin with a ReLU; call forward(x)");

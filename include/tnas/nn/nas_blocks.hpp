@@ -119,16 +119,23 @@ class FactorizedReduce : public Module {
   }
   Tensor forward(const Tensor& x0) override {
     detail::require_nchw(*this, x0, C_in_);
-    return forward_after_relu(relu_->forward(x0));
+    return reduce(x0, /*apply_relu=*/true);
   }
   bool begins_with_relu() const override { return true; }
   Tensor forward_after_relu(const Tensor& x) override {
     detail::require_nchw(*this, x, C_in_);
+    return reduce(x, /*apply_relu=*/false);
+  }
+
+ private:
+  // The ReLU runs inside the convolutions (relu_conv2d) when apply_relu, so it is not held.
+  Tensor reduce(const Tensor& x, bool apply_relu) {
     const int64_t H = x.dim(2), W = x.dim(3);
     TNAS_CHECK(H >= 2 && W >= 2, name(), ": input ", x.shape(),
                " is too small to reduce (needs H, W >= 2)");
-    Tensor a = conv_1_->forward(x);
-    Tensor b = conv_2_->forward(slice(slice(x, 2, 1, H), 3, 1, W));
+    Tensor shifted = slice(slice(x, 2, 1, H), 3, 1, W);
+    Tensor a = apply_relu ? conv_1_->forward_relu(x) : conv_1_->forward(x);
+    Tensor b = apply_relu ? conv_2_->forward_relu(shifted) : conv_2_->forward(shifted);
     if (b.dim(2) < a.dim(2))
       b = concat({b, Tensor::zeros({b.dim(0), b.dim(1), a.dim(2) - b.dim(2), b.dim(3)}, b.dtype(),
                                    b.device())},
@@ -140,7 +147,6 @@ class FactorizedReduce : public Module {
     return bn_->forward(concat({a, b}, 1));
   }
 
- private:
   int64_t C_in_;
   std::shared_ptr<ReLU> relu_;
   std::shared_ptr<Conv2d> conv_1_, conv_2_;

@@ -5,6 +5,7 @@
 
 #include "tnas/backend/cpu/conv.hpp"
 #include "tnas/ops/common.hpp"
+#include "tnas/ops/elementwise.hpp"
 
 namespace tnas {
 
@@ -52,20 +53,104 @@ inline backend::View bias_view(const cpu::Conv2dParams& p) {
 }
 }  // namespace ops::detail
 
-// y[N, K, P, Q] = conv(x[N, C, H, W], w[K, C/groups, R, S]) (+ bias[K] when defined).
-inline Tensor conv2d(const Tensor& x0, const Tensor& w0, const Conv2dOptions& o = {},
-                     const Tensor& bias = {}) {
+namespace ops::detail {
+// The backward of conv2d: xd shapes dx, xw is the input the weight gradient reads.
+inline std::vector<Tensor> conv2d_impl_backward(const cpu::Conv2dParams& p, const Tensor& g,
+                                                const Tensor& xd, const Tensor& xw,
+                                                const Tensor& wd, bool gx, bool gw, bool gb) {
+  using K = backend::Kernels;
+  Tensor dx, dw, db;
+
+  if (g.device() != Device::cpu) {
+    const Device d = g.device();
+    const backend::ConvShape cs = ops::detail::conv_shape(p);
+    if (gx) {
+      dx = Tensor::empty(xd.shape(), g.dtype(), d);
+      backend::kernel_f32("conv2d backward", d, g.dtype(), &K::conv2d_backward_input)(
+          cs, g.data<float>(), wd.data<float>(), dx.data<float>());
+    }
+    if (gw) {
+      dw = Tensor::empty(wd.shape(), g.dtype(), d);
+      backend::kernel_f32("conv2d backward", d, g.dtype(), &K::conv2d_backward_weight)(
+          cs, xw.data<float>(), g.data<float>(), dw.data<float>());
+    }
+    if (gb) {
+      db = Tensor::empty({p.K}, g.dtype(), d);
+      backend::kernel("conv2d backward", d, &K::reduce_sum)(
+          g.dtype(), g.raw(), backend::make_view(g.shape(), g.strides().data()), 0b1101u, db.raw(),
+          1.0);
+    }
+    return std::vector<Tensor>{dx, dw, db};
+  }
+  dispatch(g.dtype(), [&]<class T>() {
+    if (gx) {
+      dx = Tensor::empty(xd.shape(), g.dtype(), g.device());
+      cpu::conv2d_backward_input<T>(p, g.data<T>(), wd.data<T>(), dx.data<T>());
+    }
+    if (gw) {
+      dw = Tensor::empty(wd.shape(), g.dtype(), g.device());
+      cpu::conv2d_backward_weight<T>(p, xw.data<T>(), g.data<T>(), dw.data<T>());
+    }
+    if (gb) {
+      db = Tensor::zeros({p.K}, g.dtype(), g.device());
+      const T* pg = g.data<T>();
+      T* o = db.data<T>();
+      const int64_t PQ = p.P() * p.Q();
+      for (int64_t n = 0; n < p.N; ++n)
+        for (int64_t k = 0; k < p.K; ++k) {
+          T s = 0;
+          for (int64_t i = 0; i < PQ; ++i) s += pg[(n * p.K + k) * PQ + i];
+          o[k] += s;
+        }
+    }
+  });
+  return std::vector<Tensor>{dx, dw, db};
+}
+
+// g * (x > 0), the ReLU's backward from its input.
+inline Tensor relu_mask(const Tensor& g, const Tensor& x) {
+  Tensor out = Tensor::empty(g.shape(), g.dtype(), g.device());
+  if (g.device() != Device::cpu) {  // relu's derivative from y > 0 equals the one from x > 0
+    backend::kernel("relu_conv2d backward", g.device(), &backend::Kernels::unary_backward)(
+        backend::UnaryOp::relu, g.dtype(), g.raw(), x.raw(), x.raw(), out.raw(), g.numel());
+    return out;
+  }
+  dispatch(g.dtype(), [&]<class T>() {
+    const T* pg = g.data<T>();
+    const T* px = x.data<T>();
+    T* o = out.data<T>();
+    const int64_t n = g.numel();
+#pragma omp parallel for simd if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) o[i] = px[i] > T(0) ? pg[i] : T(0);
+  });
+  return out;
+}
+}  // namespace ops::detail
+
+namespace ops::detail {
+// conv2d(relu_input ? relu(x0) : x0, w0) + bias. With relu_input the tape keeps x0 instead of
+// relu(x0) and recomputes the ReLU in the backward (one cheap pass), so the ReLU output of
+// ReLU -> Conv chains (every DARTS candidate) is never held between forward and backward.
+inline Tensor conv2d_impl(const Tensor& x0, const Tensor& w0, const Conv2dOptions& o,
+                          const Tensor& bias, bool relu_input) {
   cpu::Conv2dParams p = ops::detail::conv_params(x0, w0, o);
   Tensor x = x0.contiguous(), w = w0.contiguous();
+  Tensor xin = x;  // what the convolution reads
+  if (relu_input) {
+    NoGrad ng;
+    xin = relu(x);
+  }
   Tensor y = Tensor::empty({p.N, p.K, p.P(), p.Q()}, x.dtype(), x.device());
   const Device dev = x.device();
   using K = backend::Kernels;
   if (dev == Device::cpu)
-    dispatch(x.dtype(),
-             [&]<class T>() { cpu::conv2d_forward<T>(p, x.data<T>(), w.data<T>(), y.data<T>()); });
+    dispatch(x.dtype(), [&]<class T>() {
+      cpu::conv2d_forward<T>(p, xin.data<T>(), w.data<T>(), y.data<T>());
+    });
   else
     backend::kernel_f32("conv2d", dev, x.dtype(), &K::conv2d_forward)(
-        ops::detail::conv_shape(p), x.data<float>(), w.data<float>(), y.data<float>());
+        ops::detail::conv_shape(p), xin.data<float>(), w.data<float>(), y.data<float>());
+  xin = Tensor();  // with relu_input, the temporary goes back to the allocator here
   if (bias.defined()) {
     ops::detail::require_same("conv2d", x0, bias);
     TNAS_CHECK(bias.rank() == 1 && bias.dim(0) == p.K, "conv2d: bias of shape ", bias.shape(),
@@ -89,56 +174,33 @@ inline Tensor conv2d(const Tensor& x0, const Tensor& w0, const Conv2dOptions& o 
     Tensor xd = x.detach(), wd = w.detach();
     const bool gx = x0.requires_grad(), gw = w0.requires_grad();
     const bool gb = bias.defined() && bias.requires_grad();
-    autograd::record("conv2d", y, {&x0, &w0, &bias}, [=](const Tensor& g0) {
-      Tensor g = g0.contiguous();
-      Tensor dx, dw, db;
-      if (g.device() != Device::cpu) {
-        const Device d = g.device();
-        const backend::ConvShape cs = ops::detail::conv_shape(p);
-        if (gx) {
-          dx = Tensor::empty(xd.shape(), g.dtype(), d);
-          backend::kernel_f32("conv2d backward", d, g.dtype(), &K::conv2d_backward_input)(
-              cs, g.data<float>(), wd.data<float>(), dx.data<float>());
-        }
-        if (gw) {
-          dw = Tensor::empty(wd.shape(), g.dtype(), d);
-          backend::kernel_f32("conv2d backward", d, g.dtype(), &K::conv2d_backward_weight)(
-              cs, xd.data<float>(), g.data<float>(), dw.data<float>());
-        }
-        if (gb) {
-          db = Tensor::empty({p.K}, g.dtype(), d);
-          backend::kernel("conv2d backward", d, &K::reduce_sum)(
-              g.dtype(), g.raw(), backend::make_view(g.shape(), g.strides().data()), 0b1101u,
-              db.raw(), 1.0);
-        }
-        return std::vector<Tensor>{dx, dw, db};
-      }
-      dispatch(g.dtype(), [&]<class T>() {
-        if (gx) {
-          dx = Tensor::empty(xd.shape(), g.dtype(), g.device());
-          cpu::conv2d_backward_input<T>(p, g.data<T>(), wd.data<T>(), dx.data<T>());
-        }
-        if (gw) {
-          dw = Tensor::empty(wd.shape(), g.dtype(), g.device());
-          cpu::conv2d_backward_weight<T>(p, xd.data<T>(), g.data<T>(), dw.data<T>());
-        }
-        if (gb) {
-          db = Tensor::zeros({p.K}, g.dtype(), g.device());
-          const T* pg = g.data<T>();
-          T* o = db.data<T>();
-          const int64_t PQ = p.P() * p.Q();
-          for (int64_t n = 0; n < p.N; ++n)
-            for (int64_t k = 0; k < p.K; ++k) {
-              T s = 0;
-              for (int64_t i = 0; i < PQ; ++i) s += pg[(n * p.K + k) * PQ + i];
-              o[k] += s;
-            }
-        }
-      });
-      return std::vector<Tensor>{dx, dw, db};
-    });
+    autograd::record(
+        relu_input ? "relu_conv2d" : "conv2d", y, {&x0, &w0, &bias}, [=](const Tensor& g0) {
+          Tensor g = g0.contiguous();
+          Tensor dx, dw, db;
+          if (relu_input) {  // dx = relu'(x) * conv_backward_input(g), dw from relu(x) recomputed
+            Tensor xr = gw ? relu(xd) : Tensor();
+            auto grads = conv2d_impl_backward(p, g, xd, xr, wd, gx, gw, gb);
+            if (grads[0].defined()) grads[0] = relu_mask(grads[0], xd);
+            return grads;
+          }
+          return conv2d_impl_backward(p, g, xd, xd, wd, gx, gw, gb);
+        });
   }
   return y;
+}
+}  // namespace ops::detail
+
+// y[N, K, P, Q] = conv(x[N, C, H, W], w[K, C/groups, R, S]) (+ bias[K] when defined).
+inline Tensor conv2d(const Tensor& x0, const Tensor& w0, const Conv2dOptions& o = {},
+                     const Tensor& bias = {}) {
+  return ops::detail::conv2d_impl(x0, w0, o, bias, false);
+}
+
+// conv2d(relu(x), w) + bias, keeping x rather than relu(x) for the backward (see conv2d_impl).
+inline Tensor relu_conv2d(const Tensor& x0, const Tensor& w0, const Conv2dOptions& o = {},
+                          const Tensor& bias = {}) {
+  return ops::detail::conv2d_impl(x0, w0, o, bias, true);
 }
 
 }  // namespace tnas

@@ -83,16 +83,11 @@ class MixedOp : public nn::Module {
   // ops) and `none` are skipped.
   Tensor forward_mixed(const Tensor& x, const Tensor& weights, const std::vector<bool>* active) {
     std::vector<Tensor> ys(ops_.size());
-    Tensor rx;  // relu(x), shared by every candidate that begins with a ReLU
-    for (size_t k = 0; k < ops_.size(); ++k) {
-      if (!ops_[k] || (active && !(*active)[k])) continue;
-      if (ops_[k]->begins_with_relu()) {
-        if (!rx.defined()) rx = relu(x);
-        ys[k] = ops_[k]->forward_after_relu(rx);
-      } else {
-        ys[k] = ops_[k]->forward(x);
-      }
-    }
+    // Candidates starting with ReLU -> Conv run it as relu_conv2d (see nn::Sequential), so
+    // relu(x) is recomputed per candidate rather than shared and held for the backward: a
+    // little more arithmetic for a supernet that fits in half of libtorch's memory.
+    for (size_t k = 0; k < ops_.size(); ++k)
+      if (ops_[k] && (!active || (*active)[k])) ys[k] = ops_[k]->forward(x);
     bool any = false;
     for (auto& y : ys) any |= y.defined();
     if (!any) {  // only `none` is left on this edge
