@@ -34,10 +34,10 @@ struct Args {
   int64_t batch = 64;
   int64_t search_samples = 10000;  // training images used by the search (split in halves)
   int train_epochs = 0;            // retraining epochs; 0: from the budget
-  int64_t train_channels = 16;
+  int64_t train_channels = 8;
   int64_t train_cells = 5;
   int64_t train_batch = 96;
-  double search_share = 0.3;  // share of the budget for the search
+  double search_share = 0.25;  // share of the budget for the search
   uint64_t seed = 2;
   std::string out = "tnas-out";
   bool resume = false;
@@ -149,11 +149,14 @@ nlohmann::json run(const Args& a, const data::Dataset& train_all, const data::Da
     // Reserve time for the final test evaluation (about a tenth of a training epoch).
     const double usable = left * 0.92;
     const double epoch_s = sps * double(train_steps) * 1.05;
-    train_epochs = std::max(1, int(usable / epoch_s));
-    if (usable < epoch_s)
-      fopt.steps_per_epoch = std::max<int64_t>(50, int64_t(usable / sps / 1.05));
-    std::fprintf(stderr, "plan: train step %.3fs -> %d epoch(s)%s, %.0fs left\n", sps, train_epochs,
-                 usable < epoch_s ? " (partial)" : "", left);
+    // Round the number of epochs to the nearest and shorten each one (a shuffled subset of the
+    // training set) so that the cosine schedule ends exactly when the budget does.
+    train_epochs = std::max(1, int(usable / epoch_s + 0.5));
+    const int64_t steps = int64_t(usable / sps / 1.05 / train_epochs);
+    const bool partial = steps < train_steps;
+    if (partial) fopt.steps_per_epoch = std::max<int64_t>(50, steps);
+    std::fprintf(stderr, "plan: train step %.3fs -> %d epoch(s) of %lld steps, %.0fs left\n", sps,
+                 train_epochs, (long long)(partial ? fopt.steps_per_epoch : train_steps), left);
     EvalNet fresh(g, eval_cfg);  // the timing steps touched BN statistics; start clean
     model.load_state_dict(fresh.state_dict());
   }
