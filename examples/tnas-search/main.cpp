@@ -32,8 +32,8 @@ struct Args {
   int64_t channels = 8;  // supernet C
   int64_t cells = 5;     // supernet cells (NB201: cells per stage)
   int64_t batch = 64;
-  int64_t search_samples = 10000;  // training images used by the search (split in halves)
-  int train_epochs = 0;            // retraining epochs; 0: from the budget
+  int64_t search_samples = 5000;  // training images used by the search (split in halves)
+  int train_epochs = 0;           // retraining epochs; 0: from the budget
   int64_t train_channels = 8;
   int64_t train_cells = 5;
   int64_t train_batch = 96;
