@@ -1,6 +1,6 @@
 // CPU kernel benches at the DARTS search shapes: N = 64 and (C, H=W) in {(16, 32), (32, 16),
-// (64, 8)}. Names read BM_kernel_<op>_<fwd|fwdbwd>/C/H. Bytes processed: fwd counts x read + y written;
-// fwdbwd counts every tensor each kernel reads or writes (conv: x,y + gy,gx + x,gy; pool:
+// (64, 8)}. Names read BM_kernel_<op>_<fwd|fwdbwd>/C/H. Bytes processed: fwd counts x read + y
+// written; fwdbwd counts every tensor each kernel reads or writes (conv: x,y + gy,gx + x,gy; pool:
 // x,y + x,gy,gx). Run with OMP_NUM_THREADS=2 --benchmark_min_time=0.2.
 #include <benchmark/benchmark.h>
 

@@ -67,7 +67,8 @@ int main(int argc, char** argv) {
     std::printf(
         "{\"impl\":\"tnas\",\"batch\":%ld,\"hw\":%ld,\"cin\":%ld,\"C\":%ld,\"layers\":%ld,"
         "\"second_order\":%s,\"step_ms_median\":%.1f,\"step_ms_min\":%.1f,\"peak_rss_MiB\":%.1f,"
-        "\"tensor_peak_MiB\":%.1f,\"cached_MiB\":%.1f,\"system_allocs\":%zu,\"iters\":%ld,\"warm\":%ld,\"warmup_s\":%.2f,\"last_loss\":%.4f,\"n_weight_params\":%lld}"
+        "\"tensor_peak_MiB\":%.1f,\"cached_MiB\":%.1f,\"system_allocs\":%zu,\"iters\":%ld,\"warm\":"
+        "%ld,\"warmup_s\":%.2f,\"last_loss\":%.4f,\"n_weight_params\":%lld}"
         "\n",
         a["batch"], a["hw"], a["cin"], a["C"], a["layers"], a["second-order"] ? "true" : "false",
         med, mn, peak_rss_mib(), double(st.peak_bytes) / (1 << 20),
