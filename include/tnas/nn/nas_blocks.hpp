@@ -14,44 +14,47 @@
 
 namespace tnas::nn {
 
+// A block whose layers are one Sequential registered as "op" (ReLUConvBN, DilConv, SepConv):
+// forward, the ReLU-first protocol and op() come from that Sequential.
+class OpBlock : public Module {
+ public:
+  explicit OpBlock(std::string name) : Module(std::move(name)) {
+    op_ = register_module("op", std::make_shared<Sequential>());
+  }
+  Tensor forward(const Tensor& x) override { return op_->forward(x); }
+  bool begins_with_relu() const override { return op_->begins_with_relu(); }
+  Tensor forward_after_relu(const Tensor& rx) override { return op_->forward_after_relu(rx); }
+  const std::shared_ptr<Sequential>& op() const { return op_; }
+
+ protected:
+  std::shared_ptr<Sequential> op_;
+};
+
 // ReLU -> Conv(k, stride, pad) -> BN: the preprocessing of cell inputs.
-class ReLUConvBN : public Module {
+class ReLUConvBN : public OpBlock {
  public:
   ReLUConvBN(int64_t C_in, int64_t C_out, int kernel, int stride, int padding, bool affine,
              Rng& rng)
-      : Module(detail::cat("ReLUConvBN(", C_in, ", ", C_out, ", kernel_size=", kernel,
-                           ", stride=", stride, ", padding=", padding,
-                           ", affine=", detail::py_bool(affine), ")")) {
-    op_ = register_module("op", std::make_shared<Sequential>());
+      : OpBlock(detail::cat("ReLUConvBN(", C_in, ", ", C_out, ", kernel_size=", kernel,
+                            ", stride=", stride, ", padding=", padding,
+                            ", affine=", detail::py_bool(affine), ")")) {
     op_->push_back(std::make_shared<ReLU>());
     op_->push_back(std::make_shared<Conv2d>(
         C_in, C_out, kernel, Conv2dConfig{.stride = stride, .padding = padding}, rng));
     op_->push_back(std::make_shared<BatchNorm2d>(C_out, BatchNorm2dConfig{.affine = affine}));
   }
-  Tensor forward(const Tensor& x) override { return op_->forward(x); }
-  bool begins_with_relu() const override { return true; }
-  Tensor forward_after_relu(const Tensor& rx) override { return op_->forward_after_relu(rx); }
-  const std::shared_ptr<Sequential>& op() const { return op_; }
-
- private:
-  std::shared_ptr<Sequential> op_;
 };
 
 // ReLU -> depthwise conv (k, stride, pad, dilation) -> pointwise 1x1 conv -> BN: `dil_conv_*`.
-class DilConv : public Module {
+class DilConv : public OpBlock {
  public:
   DilConv(int64_t C_in, int64_t C_out, int kernel, int stride, int padding, int dilation,
           bool affine, Rng& rng)
-      : Module(detail::cat("DilConv(", C_in, ", ", C_out, ", kernel_size=", kernel,
-                           ", stride=", stride, ", padding=", padding, ", dilation=", dilation,
-                           ", affine=", detail::py_bool(affine), ")")) {
-    op_ = register_module("op", std::make_shared<Sequential>());
+      : OpBlock(detail::cat("DilConv(", C_in, ", ", C_out, ", kernel_size=", kernel,
+                            ", stride=", stride, ", padding=", padding, ", dilation=", dilation,
+                            ", affine=", detail::py_bool(affine), ")")) {
     append(*op_, C_in, C_out, kernel, stride, padding, dilation, affine, rng);
   }
-  Tensor forward(const Tensor& x) override { return op_->forward(x); }
-  bool begins_with_relu() const override { return true; }
-  Tensor forward_after_relu(const Tensor& rx) override { return op_->forward_after_relu(rx); }
-  const std::shared_ptr<Sequential>& op() const { return op_; }
 
   // Appends the four layers of one DilConv to `seq` (SepConv is two of these in one Sequential,
   // as in the reference, so its layers are numbered 0..7).
@@ -67,30 +70,19 @@ class DilConv : public Module {
     seq.push_back(std::make_shared<Conv2d>(C_in, C_out, 1, Conv2dConfig{}, rng));
     seq.push_back(std::make_shared<BatchNorm2d>(C_out, BatchNorm2dConfig{.affine = affine}));
   }
-
- private:
-  std::shared_ptr<Sequential> op_;
 };
 
 // Two separable convolutions in a row, `sep_conv_*`: the first DilConv(C_in -> C_in, stride)
 // with dilation 1, the second DilConv(C_in -> C_out, stride 1).
-class SepConv : public Module {
+class SepConv : public OpBlock {
  public:
   SepConv(int64_t C_in, int64_t C_out, int kernel, int stride, int padding, bool affine, Rng& rng)
-      : Module(detail::cat("SepConv(", C_in, ", ", C_out, ", kernel_size=", kernel,
-                           ", stride=", stride, ", padding=", padding,
-                           ", affine=", detail::py_bool(affine), ")")) {
-    op_ = register_module("op", std::make_shared<Sequential>());
+      : OpBlock(detail::cat("SepConv(", C_in, ", ", C_out, ", kernel_size=", kernel,
+                            ", stride=", stride, ", padding=", padding,
+                            ", affine=", detail::py_bool(affine), ")")) {
     DilConv::append(*op_, C_in, C_in, kernel, stride, padding, 1, affine, rng);
     DilConv::append(*op_, C_in, C_out, kernel, 1, padding, 1, affine, rng);
   }
-  Tensor forward(const Tensor& x) override { return op_->forward(x); }
-  bool begins_with_relu() const override { return true; }
-  Tensor forward_after_relu(const Tensor& rx) override { return op_->forward_after_relu(rx); }
-  const std::shared_ptr<Sequential>& op() const { return op_; }
-
- private:
-  std::shared_ptr<Sequential> op_;
 };
 
 // Halves the spatial size without losing every other pixel: ReLU, then two 1x1 stride-2 convs

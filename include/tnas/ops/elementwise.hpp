@@ -206,23 +206,22 @@ template <bool kFromOutput, class F, class D>
 Tensor unary_op(const char* name, backend::UnaryOp uop, const Tensor& x, F f, D dfdy) {
   Tensor out = unary_map(name, uop, 0.0, x, f);
   if (needs_grad({&x})) {
-    Tensor xd = kFromOutput ? out.detach() : x.contiguous().detach(), yd = xd;
+    Tensor saved = kFromOutput ? out.detach() : x.contiguous().detach();
     record(name, out, {&x}, [=](const Tensor& g0) {
       Tensor g = g0.contiguous();
       Tensor gx = Tensor::empty(g.shape(), g.dtype(), g.device());
       if (g.device() != Device::cpu) {
         backend::kernel(name, g.device(), &backend::Kernels::unary_backward)(
-            uop, g.dtype(), g.raw(), xd.raw(), yd.raw(), gx.raw(), g.numel());
+            uop, g.dtype(), g.raw(), saved.raw(), saved.raw(), gx.raw(), g.numel());
         return std::vector<Tensor>{gx};
       }
       dispatch(g.dtype(), [&]<class T>() {
         const T* pg = g.template data<T>();
-        const T* px = xd.template data<T>();
-        const T* py = yd.template data<T>();
+        const T* ps = saved.template data<T>();
         T* o = gx.template data<T>();
         const int64_t n = g.numel();
 #pragma omp parallel for simd if (n > 65536)
-        for (int64_t i = 0; i < n; ++i) o[i] = pg[i] * dfdy(px[i], py[i]);
+        for (int64_t i = 0; i < n; ++i) o[i] = pg[i] * dfdy(ps[i], ps[i]);
       });
       return std::vector<Tensor>{gx};
     });
