@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 #include "tnas/backend/cuda/cuda.hpp"
@@ -20,6 +21,14 @@
 #endif
 
 using namespace tnas;
+
+// The pre-packed-weights entry points of the binary convolution (cuda/xnor.cu).
+namespace tnas::cuda {
+size_t xnor_packed_weights_bytes(const backend::ConvShape& p);
+void xnor_pack_weights(const backend::ConvShape& p, const float* w, void* packed);
+void xnor_conv2d_packed(const backend::ConvShape& p, const float* x, const void* packed_w,
+                        float* y);
+}  // namespace tnas::cuda
 
 namespace {
 
@@ -167,6 +176,43 @@ void BM_cuda_batchnorm_train(benchmark::State& st) {
   });
 }
 
+// ---- binary convolution at issue #5's shape ----------------------------------------------
+// N 64, 256 -> 256 channels, 28x28, 3x3, padding 1: the XNOR kernels against cuDNN's float32,
+// TF32 and float16 convolutions of the same shape (BM_cudnn_conv_xnor_shape below).
+const backend::ConvShape kXnorShape{64, 256, 28, 28, 256, 3, 3, 1, 1, 1, 1, 28, 28};
+
+// range(0): 0 = the kernel-table entry (float x and w in, both packed every call), 1 = the
+// weights packed once (xnor_pack_weights), x packed every call. range(1): TNAS_XNOR_PATH
+// auto / simt / mma.
+void BM_cuda_xnor_conv(benchmark::State& st) {
+  if (skip_without_gpu(st)) return;
+  const bool prepacked = st.range(0) != 0;
+  const char* const paths[] = {"auto", "simt", "mma"};
+  const char* path = paths[st.range(1)];
+  setenv("TNAS_XNOR_PATH", path, 1);
+  const backend::ConvShape& p = kXnorShape;
+  Tensor x = dev_randn({p.N, p.C, p.H, p.W}, 70), w = dev_randn({p.K, p.C, p.R, p.S}, 71);
+  Tensor y = Tensor::empty({p.N, p.K, p.P, p.Q}, DType::f32, Device::cuda);
+  Tensor packed;
+  if (prepacked) {
+    packed = Tensor::empty({int64_t(cuda::xnor_packed_weights_bytes(p) / 4 + 1)}, DType::f32,
+                           Device::cuda);
+    cuda::xnor_pack_weights(p, w.data<float>(), packed.raw());
+  }
+  const auto& k = backend::kernels(Device::cuda);
+  const double bytes = double(x.nbytes() + y.nbytes() + (prepacked ? 0 : w.nbytes()));
+  time_loop(st, tnas_stream(), bytes, [&] {
+    if (prepacked)
+      cuda::xnor_conv2d_packed(p, x.data<float>(), packed.raw(), y.data<float>());
+    else
+      k.xnor_conv2d(p, x.data<float>(), w.data<float>(), y.data<float>());
+  });
+  unsetenv("TNAS_XNOR_PATH");
+  char label[64];
+  std::snprintf(label, sizeof label, "%s, %s", prepacked ? "w pre-packed" : "float x, w in", path);
+  st.SetLabel(label);
+}
+
 #ifdef TNAS_BENCH_CUDNN
 #define CUDNN_OK(x)                              \
   do {                                           \
@@ -306,6 +352,78 @@ void BM_cudnn_batchnorm_train(benchmark::State& st) {
   cudnnDestroyTensorDescriptor(cd);
   cudnnDestroy(h);
 }
+
+// cuDNN's forward convolution at kXnorShape. range(0): 0 = float32 (CUDNN_FMA_MATH: no TF32),
+// 1 = TF32 (float data, tensor-op math), 2 = float16 NHWC (tensor-op math, float accumulation).
+// The algorithm is the fastest cudnnFindConvolutionForwardAlgorithm measures for that math.
+void BM_cudnn_conv_xnor_shape(benchmark::State& st) {
+  if (skip_without_gpu(st)) return;
+  const int prec = int(st.range(0));
+  const backend::ConvShape& p = kXnorShape;
+  cudnnHandle_t h;
+  CUDNN_OK(cudnnCreate(&h));
+  CUDNN_OK(cudnnSetStream(h, tnas_stream()));
+  cudnnTensorDescriptor_t xd, yd;
+  cudnnFilterDescriptor_t wd;
+  cudnnConvolutionDescriptor_t cd;
+  cudnnCreateTensorDescriptor(&xd);
+  cudnnCreateTensorDescriptor(&yd);
+  cudnnCreateFilterDescriptor(&wd);
+  cudnnCreateConvolutionDescriptor(&cd);
+  const cudnnDataType_t dt = prec == 2 ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT;
+  const cudnnTensorFormat_t fmt = prec == 2 ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
+  CUDNN_OK(cudnnSetTensor4dDescriptor(xd, fmt, dt, int(p.N), int(p.C), int(p.H), int(p.W)));
+  CUDNN_OK(cudnnSetTensor4dDescriptor(yd, fmt, dt, int(p.N), int(p.K), int(p.P), int(p.Q)));
+  CUDNN_OK(
+      cudnnSetFilter4dDescriptor(wd, dt, fmt, int(p.K), int(p.C / p.groups), int(p.R), int(p.S)));
+  CUDNN_OK(cudnnSetConvolution2dDescriptor(cd, int(p.pad), int(p.pad), int(p.stride), int(p.stride),
+                                           int(p.dil), int(p.dil), CUDNN_CROSS_CORRELATION,
+                                           CUDNN_DATA_FLOAT));
+  const cudnnMathType_t math = prec == 0 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
+  CUDNN_OK(cudnnSetConvolutionMathType(cd, math));
+  // Buffers as float32 tensors (float16 ones use half of them); float16 data is 0x3C3C (1.06).
+  const int64_t esz = prec == 2 ? 2 : 4;
+  const int64_t nx = p.N * p.C * p.H * p.W, nw = p.K * (p.C / p.groups) * p.R * p.S,
+                ny = p.N * p.K * p.P * p.Q;
+  auto buffer = [&](int64_t n, uint64_t seed) {
+    if (prec != 2) return dev_randn({n}, seed);
+    Tensor t = Tensor::empty({(n * esz + 3) / 4}, DType::f32, Device::cuda);
+    cudaMemsetAsync(t.raw(), 0x3C, size_t(n * esz), tnas_stream());
+    return t;
+  };
+  Tensor x = buffer(nx, 72), w = buffer(nw, 73), y = buffer(ny, 74);
+  cudaStreamSynchronize(tnas_stream());
+  cudnnConvolutionFwdAlgoPerf_t perf[16];
+  int n = 0;
+  CUDNN_OK(cudnnFindConvolutionForwardAlgorithm(h, xd, wd, cd, yd, 16, &n, perf));
+  int best = -1;
+  for (int i = 0; i < n && best < 0; ++i)  // sorted fastest first
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && (prec != 0 || perf[i].mathType == CUDNN_FMA_MATH))
+      best = i;
+  if (best < 0) {
+    st.SkipWithError("cuDNN found no algorithm for this math type");
+    return;
+  }
+  CUDNN_OK(cudnnSetConvolutionMathType(cd, perf[best].mathType));
+  size_t ws = 0;
+  CUDNN_OK(cudnnGetConvolutionForwardWorkspaceSize(h, xd, wd, cd, yd, perf[best].algo, &ws));
+  Tensor work = Tensor::empty({int64_t(ws / 4 + 1)}, DType::f32, Device::cuda);
+  const float one = 1.f, zero = 0.f;
+  time_loop(st, tnas_stream(), double((nx + nw + ny) * esz), [&] {
+    cudnnConvolutionForward(h, &one, xd, x.raw(), wd, w.raw(), cd, perf[best].algo, work.raw(), ws,
+                            &zero, yd, y.raw());
+  });
+  char label[64];
+  const char* const names[] = {"fp32 (FMA)", "TF32", "fp16 NHWC"};
+  std::snprintf(label, sizeof label, "%s algo %d math %d", names[prec], int(perf[best].algo),
+                int(perf[best].mathType));
+  st.SetLabel(label);
+  cudnnDestroyTensorDescriptor(xd);
+  cudnnDestroyTensorDescriptor(yd);
+  cudnnDestroyFilterDescriptor(wd);
+  cudnnDestroyConvolutionDescriptor(cd);
+  cudnnDestroy(h);
+}
 #endif
 
 // (R, stride, dilation) of the DARTS ops: sep_conv 3x3 / 5x5, their stride-2 reduction form,
@@ -338,7 +456,15 @@ BENCHMARK(BM_cuda_batchnorm_train)
     ->Apply(shape_dir_args)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_cuda_xnor_conv)
+    ->ArgsProduct({{0, 1}, {0, 1, 2}})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 #ifdef TNAS_BENCH_CUDNN
+BENCHMARK(BM_cudnn_conv_xnor_shape)
+    ->DenseRange(0, 2)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_cudnn_dwconv)->Apply(dw_args)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_cudnn_maxpool3x3)
     ->Apply(shape_dir_args)

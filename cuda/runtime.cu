@@ -60,6 +60,10 @@ void scratch_free(void* p, size_t bytes) {
   allocator(Device::cuda).deallocate(p, bytes);
 }
 
+// xnor.cu (binary convolution and GEMM; declared here rather than in common.cuh)
+void xnor_conv2d(const ConvShape& p, const float* x, const float* w, float* y);
+void xnor_gemm(int64_t M, int64_t N, int64_t K, const float* A, const float* B, float* C);
+
 }  // namespace detail
 
 int device_count() {
@@ -107,7 +111,7 @@ extern "C" void tnas_cuda_register() {
   h.convert = convert;
   h.accumulate = accumulate;
 
-  static_assert(backend::kKernelCount == 24,
+  static_assert(backend::kKernelCount == 26,
                 "backend::Kernels changed: register the new kernels here");
   backend::Kernels& k = backend::kernels(Device::cuda);
   k.unary = unary;
@@ -134,4 +138,6 @@ extern "C" void tnas_cuda_register() {
   k.softmax_forward = softmax_forward;
   k.softmax_backward = softmax_backward;
   k.cross_entropy_forward = cross_entropy_forward;
+  k.xnor_conv2d = xnor_conv2d;
+  k.xnor_gemm = xnor_gemm;
 }
