@@ -12,6 +12,7 @@
 #include "tnas/autograd/grad_mode.hpp"
 #include "tnas/autograd/gradcheck.hpp"
 
+#include "tnas/ops/binary.hpp"
 #include "tnas/ops/conv.hpp"
 #include "tnas/ops/elementwise.hpp"
 #include "tnas/ops/linear.hpp"
@@ -23,6 +24,7 @@
 #include "tnas/ops/shape.hpp"
 
 #include "tnas/io/archive.hpp"
+#include "tnas/nn/binary.hpp"
 #include "tnas/nn/layers.hpp"
 #include "tnas/nn/module.hpp"
 #include "tnas/nn/nas_blocks.hpp"

@@ -120,10 +120,20 @@ struct Kernels {
   // backward is dlogits * g with no host synchronisation. labels is host memory [B].
   void (*cross_entropy_forward)(int64_t B, int64_t K, const float* x, const int32_t* labels,
                                 float* loss, float* dlogits) = nullptr;
+
+  // ---- binary (XNOR / popcount) convolution and GEMM: float32 in, float32 out --------------
+  // With sgn(v) = (v >= 0 ? +1 : -1): y[n, k, p, q] = sum over the in-bounds taps and the
+  // channels of k's group of sgn(x) * sgn(w), an exact integer stored as float (zero padding
+  // contributes 0, as in a float conv on +/-1 tensors). The kernel binarises and bit-packs x
+  // and w itself.
+  void (*xnor_conv2d)(const ConvShape& p, const float* x, const float* w, float* y) = nullptr;
+  // C[m, n] = sum_k sgn(A[m, k]) * sgn(B[n, k]); A [M, K] and B [N, K] row-major, C [M, N].
+  void (*xnor_gemm)(int64_t M, int64_t N, int64_t K, const float* A, const float* B,
+                    float* C) = nullptr;
 };
 // The number of kernel slots; change it together with the table (and the backends' register
 // functions, which static_assert against it).
-inline constexpr size_t kKernelCount = 24;
+inline constexpr size_t kKernelCount = 26;
 static_assert(
     sizeof(Kernels) == kKernelCount * sizeof(void*),
     "backend::Kernels changed: update kKernelCount and every backend's register function");
