@@ -43,7 +43,13 @@ struct Args {
   bool resume = false;
   std::string device = "cpu";
   bool quiet = false;
+  double temperature = 0;            // softmax temperature of alpha; 0: 1 for darts, 0.5 for bats
+  double binary_weight_share = 0.4;  // bats: share of the retraining with binarised weights
 };
+
+double temperature(const Args& a) {
+  return a.temperature > 0 ? a.temperature : a.strategy == "bats" ? 0.5 : 1.0;
+}
 
 // Seconds per step of `step`, from a few timed steps after one warm-up.
 template <class F>
@@ -59,6 +65,35 @@ data::Batch first_batch(const data::Dataset& ds, int64_t batch) {
   data::Batch b;
   TNAS_CHECK(l.next(b), "tnas-search: the data set holds no full batch of ", batch);
   return b;
+}
+
+// The result object (the last line on stdout) and result.json.
+template <class Genotype, class Model, class Fitted, class Found>
+nlohmann::json finish(const Args& a, const Genotype& g, const std::filesystem::path& out,
+                      const Model& model, const Fitted& fitted, const Found& found,
+                      double supernet_valid_acc, double search_seconds, double t_start,
+                      int train_epochs_done, const nlohmann::json& binary_info) {
+  const double total = train::Progress::now() - t_start;
+
+  nlohmann::json j;
+  j["genotype"] = g.str();
+  j["space"] = a.space;
+  j["strategy"] = a.strategy + (a.second_order ? " (second order)" : " (first order)");
+  j["temperature"] = temperature(a);
+  j["test_accuracy"] = fitted.eval_acc;
+  j["test_loss"] = fitted.eval_loss;
+  j["supernet_valid_accuracy"] = supernet_valid_acc;
+  j["params"] = model.num_parameters();
+  j["search_epochs"] = found.epochs_done;
+  j["train_epochs"] = train_epochs_done;
+  if (!binary_info.is_null()) j["binary"] = binary_info;
+  j["param_free_ops"] = g.parameter_free_ops();
+  j["search_seconds"] = search_seconds;
+  j["total_seconds"] = total;
+  j["seed"] = a.seed;
+  j["out"] = out.string();
+  std::ofstream(out / "result.json") << j.dump(2) << '\n';
+  return j;
 }
 
 template <class Space, class EvalNet, class EvalConfig>
@@ -80,6 +115,8 @@ nlohmann::json run(const Args& a, const data::Dataset& train_all, const data::Da
                               .classes = train_all.num_classes,
                               .seed = a.seed};
   search::Supernet<Space> net(scfg);
+  const search::MixingConfig mixing{search::Mixing::softmax, temperature(a)};
+  if constexpr (requires { net.set_mixing(mixing); }) net.set_mixing(mixing);
   search::DartsOptions dopt{.second_order = a.second_order,
                             .batch = a.batch,
                             .out_dir = out / "search",
@@ -91,6 +128,7 @@ nlohmann::json run(const Args& a, const data::Dataset& train_all, const data::Da
   if (search_epochs <= 0) {
     // Plan the search to fill its share of the budget (the cosine schedule then ends on time).
     search::Supernet<Space> probe(scfg);
+    if constexpr (requires { probe.set_mixing(mixing); }) probe.set_mixing(mixing);
     search::Darts<search::Supernet<Space>> pd(probe, dopt);
     data::Batch bt = first_batch(halves.train, a.batch), bv = first_batch(halves.valid, a.batch);
     const double sps = time_steps([&] { pd.step(bt, bv, true); }, 2);
@@ -162,26 +200,50 @@ nlohmann::json run(const Args& a, const data::Dataset& train_all, const data::Da
   }
   fopt.epochs = train_epochs;
   fopt.budget_seconds = budget > 0 ? std::max(60.0, left) : 0;
+  const bool bats = a.strategy == "bats";
+  nlohmann::json binary_info;
+  if (bats) {
+    // BATS' retraining: binary activations with real weights first, then the weights are
+    // binarised (XNOR-Net: sgn(w) * mean|w| per output channel) and training goes on with
+    // binary weights (straight-through), so the evaluated network is fully binary: every conv
+    // inside the cells runs as an XNOR / popcount kernel at test time. The stem conv and the
+    // classifier stay in full precision, as in the paper.
+    const int e_bin = std::max(1, int(std::lround(train_epochs * a.binary_weight_share)));
+    const int e_real = std::max(1, train_epochs - e_bin);
+    train::FitOptions f1 = fopt, f2 = fopt;
+    f1.epochs = e_real;
+    f1.out_dir = out / "train-real-weights";
+    f1.budget_seconds =
+        fopt.budget_seconds > 0 ? fopt.budget_seconds * e_real / (e_real + e_bin) : 0;
+    f2.epochs = e_bin;
+    f2.out_dir = out / "train-binary-weights";
+    f2.lr = fopt.lr * 0.2;
+    f2.weight_decay = 0;  // decay pulls real weights to 0, where their sign is noise
+    std::fprintf(stderr, "bats: %d epoch(s) with real weights, then %d with binarised weights\n",
+                 e_real, e_bin);
+    auto r1 = train::fit(model, train_all, test, f1);
+    const int switched = nn::set_binary_weights(model, true);
+    const double left2 = budget > 0 ? budget - (train::Progress::now() - t_start) : 0;
+    f2.budget_seconds = budget > 0 ? std::max(60.0, left2) : 0;
+    auto fitted_bin = train::fit(model, train_all, test, f2);
+    const auto mem = nn::weight_memory(model);
+    binary_info = {{"binary_layers", switched},
+                   {"real_weight_test_accuracy", r1.eval_acc},
+                   {"binary_weight_bytes", mem.binary_bytes},
+                   {"float_weight_bytes", mem.float_bytes},
+                   {"binary_params", mem.binary_params},
+                   {"real_params", mem.real_params}};
+    std::fprintf(stderr,
+                 "bats: %d binary conv layers; weights %.1f KiB as bits (+ %lld real params: stem, "
+                 "BN, classifier) vs %.1f KiB in float32 (%.1fx smaller)\n",
+                 switched, mem.binary_bytes / 1024.0, (long long)mem.real_params,
+                 mem.float_bytes / 1024.0, double(mem.float_bytes) / double(mem.binary_bytes));
+    return finish(a, g, out, model, fitted_bin, found, supernet_valid_acc, search_seconds, t_start,
+                  r1.epochs_done + fitted_bin.epochs_done, binary_info);
+  }
   auto fitted = train::fit(model, train_all, test, fopt);
-  const double total = train::Progress::now() - t_start;
-
-  nlohmann::json j;
-  j["genotype"] = g.str();
-  j["space"] = a.space;
-  j["strategy"] = a.strategy + (a.second_order ? " (second order)" : " (first order)");
-  j["test_accuracy"] = fitted.eval_acc;
-  j["test_loss"] = fitted.eval_loss;
-  j["supernet_valid_accuracy"] = supernet_valid_acc;
-  j["params"] = model.num_parameters();
-  j["search_epochs"] = found.epochs_done;
-  j["train_epochs"] = fitted.epochs_done;
-  j["param_free_ops"] = g.parameter_free_ops();
-  j["search_seconds"] = search_seconds;
-  j["total_seconds"] = total;
-  j["seed"] = a.seed;
-  j["out"] = out.string();
-  std::ofstream(out / "result.json") << j.dump(2) << '\n';
-  return j;
+  return finish(a, g, out, model, fitted, found, supernet_valid_acc, search_seconds, t_start,
+                fitted.epochs_done, binary_info);
 }
 
 }  // namespace
@@ -191,7 +253,16 @@ int main(int argc, char** argv) {
   CLI::App app{"tnas-search: neural architecture search on IDX image data, then retraining"};
   app.add_option("--data", a.data, "directory with MNIST-layout IDX files (train-*, t10k-*)");
   app.add_option("--space", a.space, "search space")->check(CLI::IsMember({"darts", "nb201"}));
-  app.add_option("--strategy", a.strategy, "search strategy")->check(CLI::IsMember({"darts"}));
+  app.add_option("--strategy", a.strategy,
+                 "search strategy: darts, or bats (binary cell space, binary activations in the "
+                 "search, fully binary retrained network)")
+      ->check(CLI::IsMember({"darts", "bats"}));
+  app.add_option("--temperature", a.temperature,
+                 "softmax temperature of alpha (T < 1 sharpens; 0: 1 for darts, 0.5 for bats)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--binary-weight-share", a.binary_weight_share,
+                 "bats: share of the retraining epochs run with binarised weights")
+      ->check(CLI::Range(0.0, 1.0));
   app.add_flag("--second-order", a.second_order, "DARTS' second-order (unrolled) alpha gradient");
   app.add_option("--budget-minutes", a.budget_minutes,
                  "wall-clock plan for search + retraining (epochs are fitted to it); 0: none")
@@ -232,7 +303,21 @@ int main(int argc, char** argv) {
                  (long long)train_all.channels(), (long long)train_all.height(),
                  (long long)train_all.width(), train_all.num_classes, train::Progress::now() - t0);
     nlohmann::json j;
-    if (a.space == "darts") {
+    if (a.strategy == "bats") {
+      TNAS_CHECK(a.space == "darts",
+                 "tnas-search: --strategy bats searches the binary DARTS-style "
+                 "cell space (space::Bats); --space ",
+                 a.space, " has no binary version");
+      train::DartsNetworkConfig cfg{.in_channels = train_all.channels(),
+                                    .channels = a.train_channels,
+                                    .cells = a.train_cells,
+                                    .classes = train_all.num_classes,
+                                    .drop_path_prob = 0.0,
+                                    .image_size = train_all.height(),
+                                    .seed = a.seed};
+      cfg.ops = train::cell_ops<space::BatsOps>();
+      j = run<space::Bats, train::DartsNetwork>(a, train_all, test, cfg);
+    } else if (a.space == "darts") {
       train::DartsNetworkConfig cfg{.in_channels = train_all.channels(),
                                     .channels = a.train_channels,
                                     .cells = a.train_cells,

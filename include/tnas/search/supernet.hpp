@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "tnas/nn/binary.hpp"
 #include "tnas/nn/layers.hpp"
 #include "tnas/nn/nas_blocks.hpp"
 #include "tnas/ops/elementwise.hpp"
@@ -123,14 +124,25 @@ class DartsCell : public nn::Module {
 
   DartsCell(int64_t C_pp, int64_t C_p, int64_t C, bool reduction, bool reduction_prev, Rng& rng)
       : nn::Module(reduction ? "ReductionCell" : "NormalCell"), reduction_(reduction) {
-    if (reduction_prev)
-      pre0_ = register_module("preprocess0",
-                              std::make_shared<nn::FactorizedReduce>(C_pp, C, false, rng));
-    else
-      pre0_ = register_module("preprocess0",
-                              std::make_shared<nn::ReLUConvBN>(C_pp, C, 1, 1, 0, false, rng));
-    pre1_ = register_module("preprocess1",
-                            std::make_shared<nn::ReLUConvBN>(C_p, C, 1, 1, 0, false, rng));
+    if constexpr (OpSet::binary) {  // BATS: binary preprocessing, binary-friendly reduction
+      if (reduction_prev)
+        pre0_ =
+            register_module("preprocess0", std::make_shared<nn::BinReduce>(C_pp, C, false, rng));
+      else
+        pre0_ = register_module(
+            "preprocess0", std::make_shared<nn::BinConvBN>(C_pp, C, 1, 1, 0, 1, 1, false, rng));
+      pre1_ = register_module("preprocess1",
+                              std::make_shared<nn::BinConvBN>(C_p, C, 1, 1, 0, 1, 1, false, rng));
+    } else {
+      if (reduction_prev)
+        pre0_ = register_module("preprocess0",
+                                std::make_shared<nn::FactorizedReduce>(C_pp, C, false, rng));
+      else
+        pre0_ = register_module("preprocess0",
+                                std::make_shared<nn::ReLUConvBN>(C_pp, C, 1, 1, 0, false, rng));
+      pre1_ = register_module("preprocess1",
+                              std::make_shared<nn::ReLUConvBN>(C_p, C, 1, 1, 0, false, rng));
+    }
     for (int i = 0; i < kNodes; ++i)
       for (int j = 0; j < 2 + i; ++j) {
         const int stride = reduction && j < 2 ? 2 : 1;

@@ -191,6 +191,15 @@ using Darts = darts_cell<DartsOps, 4, 2>;
 using Nb201Ops = op_set<op::none, op::skip, op::conv<1>, op::conv<3>, op::avg_pool<3>>;
 using Nb201 = nb201_cell<Nb201Ops, 4>;
 
+// A binary cell space (BATS): DARTS' topology with binary separable / dilated convolutions, a
+// binary-friendly skip (nn::BinReduce at stride 2) and the pools. Its supernet and networks use
+// binary preprocessing (sign -> binary 1x1 -> BN, BinReduce after a reduction cell).
+using BatsOps =
+    op_set<op::none, op::max_pool<3>, op::avg_pool<3>, op::bin_skip, op::bin_sep_conv<3>,
+           op::bin_sep_conv<5>, op::bin_dil_conv<3, 2>, op::bin_dil_conv<5, 2>>;
+using Bats = darts_cell<BatsOps, 4, 2>;
+static_assert(BatsOps::binary && !DartsOps::binary && Bats::edges == 14);
+
 static_assert(Darts::edges == 14 && Darts::kept_edges == 8 && DartsOps::size == 8);
 static_assert(Nb201::edges == 6 && Nb201::space_size_exact == 15625);
 

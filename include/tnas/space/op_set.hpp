@@ -81,6 +81,8 @@ struct op_set {
   static constexpr int none_index = index_of_op<op::none>;
   // The number of ops a derived (DARTS) genotype may put on an edge: all but `none`.
   static constexpr int derivable = size - (has_none ? 1 : 0);
+  // A binary space's op set (BATS): it holds a binary operator.
+  static constexpr bool binary = (op::is_binary<Ops> || ...);
 
   static constexpr std::string_view name(int i) {
     check_index(i, "name");

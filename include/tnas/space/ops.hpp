@@ -29,6 +29,7 @@
 #include <type_traits>
 
 #include "tnas/core/rng.hpp"
+#include "tnas/nn/binary.hpp"
 #include "tnas/nn/module.hpp"
 #include "tnas/nn/nas_blocks.hpp"
 
@@ -231,6 +232,89 @@ struct conv {
   }
 };
 
+// ---- binary operators (BATS) ------------------------------------------------------------------
+//
+// Their cost counts binary multiply-accumulates (one XNOR + popcount bit each) as MACs; divide
+// by 64 for the word operations the XNOR kernels execute. `binary` marks them: a space whose op
+// set has one is a binary space (binary cell preprocessing, BinReduce after reductions).
+
+namespace detail {
+constexpr int64_t bin_groups(int64_t C) {
+  return nn::bin_groups(C);
+}
+// BinConvBN(C -> C, K x K, groups g) weights and BN.
+constexpr int64_t bin_conv_params(int64_t C, int K, int64_t g, bool affine) {
+  return C * (C / g) * K * K + bn_params(C, affine);
+}
+}  // namespace detail
+
+// Binary separable convolution: grouped K x K binary conv at `stride`, binary 1x1, BN after
+// each (nn::BinSepConv).
+template <int K>
+struct bin_sep_conv {
+  static_assert(K >= 1 && K % 2 == 1,
+                "A convolution kernel must have an odd size, so that padding keeps the spatial "
+                "size at stride 1.");
+  static constexpr std::string_view name = detail::kxk_name<"bin_sep_conv_", K>;
+  static constexpr bool parametric = true;
+  static constexpr bool binary = true;
+  static std::shared_ptr<nn::Module> build(int64_t C, int stride, bool affine, Rng& rng) {
+    return std::make_shared<nn::BinSepConv>(C, C, K, stride, 1, affine, rng);
+  }
+  static constexpr int64_t params(int64_t C, int /*stride*/ = 1, bool affine = true) {
+    return detail::bin_conv_params(C, K, detail::bin_groups(C), affine) +
+           detail::bin_conv_params(C, 1, 1, affine);
+  }
+  static constexpr int64_t flops(int64_t C, int64_t H, int64_t W, int stride = 1) {
+    return C * (C / detail::bin_groups(C) * K * K + C) * detail::out_area(H, W, stride);
+  }
+};
+
+// Binary dilated convolution: as bin_sep_conv with dilation D (padding D * (K - 1) / 2).
+template <int K, int D = 2>
+struct bin_dil_conv {
+  static_assert(K >= 1 && K % 2 == 1,
+                "A convolution kernel must have an odd size, so that padding keeps the spatial "
+                "size at stride 1.");
+  static_assert(D >= 1, "A dilation must be at least 1.");
+  static constexpr std::string_view name = detail::kxk_name < "bin_dil_conv_", K, D == 2 ? 0 : D > ;
+  static constexpr bool parametric = true;
+  static constexpr bool binary = true;
+  static std::shared_ptr<nn::Module> build(int64_t C, int stride, bool affine, Rng& rng) {
+    return std::make_shared<nn::BinSepConv>(C, C, K, stride, D, affine, rng);
+  }
+  static constexpr int64_t params(int64_t C, int /*stride*/ = 1, bool affine = true) {
+    return bin_sep_conv<K>::params(C, 1, affine);
+  }
+  static constexpr int64_t flops(int64_t C, int64_t H, int64_t W, int stride = 1) {
+    return bin_sep_conv<K>::flops(C, H, W, stride);
+  }
+};
+
+// The skip connection of a binary space: the identity at stride 1, the binary-friendly
+// reduction (3x3 average pool at stride 2, binary 1x1, BN: nn::BinReduce) at stride 2.
+struct bin_skip {
+  static constexpr std::string_view name = "bin_skip_connect";
+  static constexpr bool parametric = false;
+  static constexpr bool binary = true;
+  static std::shared_ptr<nn::Module> build(int64_t C, int stride, bool affine, Rng& rng) {
+    if (stride == 1) return std::make_shared<nn::Identity>();
+    return std::make_shared<nn::BinReduce>(C, C, affine, rng);
+  }
+  static constexpr int64_t params(int64_t C, int stride = 1, bool affine = true) {
+    return stride == 1 ? 0 : detail::bin_conv_params(C, 1, 1, affine);
+  }
+  static constexpr int64_t flops(int64_t C, int64_t H, int64_t W, int stride = 1) {
+    return stride == 1 ? 0 : (9 * C + C * C) * detail::out_area(H, W, stride);
+  }
+};
+
+// Whether Op is a binary operator.
+template <class Op>
+inline constexpr bool is_binary = requires {
+  requires Op::binary;
+};
+
 // ---- the concept -------------------------------------------------------------------------------
 
 // An edge operator: a name, a constexpr `parametric` flag, build(C, stride, affine, rng) making
@@ -266,8 +350,9 @@ inline constexpr std::array<OpInfo, sizeof...(Ops)> make_registry() {
 
 inline constexpr auto registry =
     make_registry<none, skip, max_pool<3>, avg_pool<3>, sep_conv<3>, sep_conv<5>, sep_conv<7>,
-                  dil_conv<3>, dil_conv<5>, conv<1>, conv<3>, conv<7>>();
-static_assert(registry.size() == 12,
+                  dil_conv<3>, dil_conv<5>, conv<1>, conv<3>, conv<7>, bin_skip, bin_sep_conv<3>,
+                  bin_sep_conv<5>, bin_dil_conv<3>, bin_dil_conv<5>>();
+static_assert(registry.size() == 17,
               "The operator registry changed size: update this count and the tests that list "
               "the known operators.");
 static_assert(

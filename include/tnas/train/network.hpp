@@ -25,11 +25,13 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
+#include "tnas/nn/binary.hpp"
 #include "tnas/nn/layers.hpp"
 #include "tnas/nn/module.hpp"
 #include "tnas/nn/nas_blocks.hpp"
@@ -93,6 +95,28 @@ inline Tensor drop_path(const Tensor& x, double p, Rng& rng) {
 
 // ---- DARTS ------------------------------------------------------------------------------------
 
+// The operator family a DartsNetwork builds its cells' ops from (DARTS' by default; BATS'
+// binary ops for space::BatsOps, which also switches the cell preprocessing to binary layers).
+struct CellOps {
+  std::shared_ptr<nn::Module> (*build)(std::string_view name, int64_t C, int stride, bool affine,
+                                       Rng& rng);
+  int (*index_of)(std::string_view name);
+  int64_t (*flops)(int op, int64_t C, int64_t H, int64_t W, int stride);
+  std::span<const std::string_view> names;
+  bool binary;
+};
+template <class OpSet>
+CellOps cell_ops() {
+  return {[](std::string_view name, int64_t C, int stride, bool affine, Rng& rng) {
+            return OpSet::build(name, C, stride, affine, rng);
+          },
+          &OpSet::index_of,
+          [](int op, int64_t C, int64_t H, int64_t W, int stride) {
+            return OpSet::flops(op, C, H, W, stride);
+          },
+          OpSet::names, OpSet::binary};
+}
+
 struct DartsNetworkConfig {
   int64_t in_channels = 3;
   int64_t channels = 36;  // C of the first cells (DARTS' --init_channels)
@@ -104,6 +128,7 @@ struct DartsNetworkConfig {
   int64_t image_size = 32;      // input height = width the auxiliary head is sized for
   uint64_t seed = 0;            // initialisation and the drop-path generator
   DType dtype = DType::f32;     // float64 for gradient checks
+  CellOps ops = cell_ops<space::DartsOps>();  // the cells' operator family
 };
 
 // One cell of a DartsNetwork: a fixed op on each of the genotype's kept edges.
@@ -120,30 +145,42 @@ class DartsInferCell : public nn::Module {
  public:
   DartsInferCell(const std::vector<space::DartsGenotype::Entry>& entries,
                  const std::vector<int>& concat, int64_t C_pp, int64_t C_p, int64_t C,
-                 bool reduction, bool reduction_prev, Rng& rng)
+                 bool reduction, bool reduction_prev, Rng& rng,
+                 const CellOps& cell_ops = train::cell_ops<space::DartsOps>())
       : nn::Module(detail::cat(reduction ? "DartsReductionCell(" : "DartsNormalCell(", C_pp, ", ",
                                C_p, ", ", C, ")")),
         reduction_(reduction),
         reduction_prev_(reduction_prev),
         C_(C),
-        concat_(concat) {
+        concat_(concat),
+        ops_info_(cell_ops) {
     TNAS_CHECK(!entries.empty() && entries.size() % 2 == 0, name(), ": needs an even, non-zero ",
                "number of (op, input) entries, got ", entries.size());
-    if (reduction_prev)
-      pre0_ = register_module("preprocess0",
-                              std::make_shared<nn::FactorizedReduce>(C_pp, C, true, rng));
-    else
-      pre0_ = register_module("preprocess0",
-                              std::make_shared<nn::ReLUConvBN>(C_pp, C, 1, 1, 0, true, rng));
-    pre1_ = register_module("preprocess1",
-                            std::make_shared<nn::ReLUConvBN>(C_p, C, 1, 1, 0, true, rng));
+    if (cell_ops.binary) {
+      if (reduction_prev)
+        pre0_ = register_module("preprocess0", std::make_shared<nn::BinReduce>(C_pp, C, true, rng));
+      else
+        pre0_ = register_module("preprocess0",
+                                std::make_shared<nn::BinConvBN>(C_pp, C, 1, 1, 0, 1, 1, true, rng));
+      pre1_ = register_module("preprocess1",
+                              std::make_shared<nn::BinConvBN>(C_p, C, 1, 1, 0, 1, 1, true, rng));
+    } else {
+      if (reduction_prev)
+        pre0_ = register_module("preprocess0",
+                                std::make_shared<nn::FactorizedReduce>(C_pp, C, true, rng));
+      else
+        pre0_ = register_module("preprocess0",
+                                std::make_shared<nn::ReLUConvBN>(C_pp, C, 1, 1, 0, true, rng));
+      pre1_ = register_module("preprocess1",
+                              std::make_shared<nn::ReLUConvBN>(C_p, C, 1, 1, 0, true, rng));
+    }
     auto list = register_module("_ops", std::make_shared<detail::ModuleList>());
     for (auto& [op, from] : entries) {
       const int stride = reduction && from < 2 ? 2 : 1;
-      auto m = list->push_back(space::DartsOps::build(op, C, stride, /*affine=*/true, rng));
+      auto m = list->push_back(cell_ops.build(op, C, stride, /*affine=*/true, rng));
       ops_.push_back(m);
       identity_.push_back(dynamic_cast<nn::Identity*>(m.get()) != nullptr);
-      op_index_.push_back(space::DartsOps::index_of(op));
+      op_index_.push_back(cell_ops.index_of(op));
       inputs_.push_back(from);
     }
   }
@@ -182,7 +219,7 @@ class DartsInferCell : public nn::Module {
       // Inputs are H x W; intermediate nodes are at the cell's output size.
       const int64_t h = from < 2 || !reduction_ ? H : detail::half_up(H);
       const int64_t w = from < 2 || !reduction_ ? W : detail::half_up(W);
-      f += space::DartsOps::flops(op_index_[e], C_, h, w, stride);
+      f += ops_info_.flops(op_index_[e], C_, h, w, stride);
     }
     return f;
   }
@@ -191,6 +228,7 @@ class DartsInferCell : public nn::Module {
   bool reduction_, reduction_prev_;
   int64_t C_;
   std::vector<int> concat_;
+  CellOps ops_info_;
   std::shared_ptr<nn::Module> pre0_, pre1_;
   std::vector<std::shared_ptr<nn::Module>> ops_;
   std::vector<bool> identity_;
@@ -273,7 +311,7 @@ class DartsNetwork : public nn::Module {
                name(), ": the genotype's normal and reduce cells must have the same even number ",
                "of entries (2 per node), got ", genotype.normal.size(), " and ",
                genotype.reduce.size(), ": ", genotype.str());
-    genotype.validate(space::DartsOps::names, int(genotype.normal.size() / 2), 2);
+    genotype.validate(cfg.ops.names, int(genotype.normal.size() / 2), 2);
 
     Rng rng(cfg.seed);
     int64_t C_curr = cfg.stem_multiplier * cfg.channels;
@@ -295,7 +333,7 @@ class DartsNetwork : public nn::Module {
       const auto ct = reduction ? space::CellType::reduce : space::CellType::normal;
       auto cell = list->push_back(
           std::make_shared<DartsInferCell>(genotype.cell(ct), genotype.concat(ct), C_pp, C_p,
-                                           C_curr, reduction, reduction_prev, rng));
+                                           C_curr, reduction, reduction_prev, rng, cfg.ops));
       cells_.push_back(cell);
       in_channels_.push_back({C_pp, C_p});
       reduction_prev = reduction;
