@@ -8,6 +8,7 @@
 #include <limits>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tnas/backend/cpu/conv.hpp"
@@ -506,6 +507,83 @@ TEST_CASE_TEMPLATE("cpu::conv2d: asymmetric kernels, strides, paddings and dilat
        .groups = 2},
   };
   for (const auto& p : ps) check_conv<T>(p, rng);
+}
+
+// Depthwise "same" convolutions on small planes (the flat and tiny engines on AVX-512 builds):
+// 8x8 (every compiled tiny geometry), odd and non-square planes, image counts that leave partial
+// blocks of 8 and 2, one channel, and dilations that differ between rows and columns.
+TEST_CASE_TEMPLATE("cpu::conv2d: depthwise same-size small planes", T, float, double) {
+  Rng rng(5);
+  const int64_t dims[][2] = {{8, 8}, {7, 7}, {4, 4}, {14, 14}, {6, 9}, {9, 5}, {1, 7}, {3, 12}};
+  int cases = 0;
+  for (const auto& [H, W] : dims) {
+    for (int64_t k : {3, 5}) {
+      for (const auto& [dh, dw] : {std::pair<int64_t, int64_t>{1, 1}, {2, 2}, {1, 2}, {2, 1}}) {
+        for (int64_t N : {1, 3, 8, 17}) {
+          const int64_t C = N == 17 ? 1 : 3;
+          Conv2dParams p{.N = N,
+                         .C = C,
+                         .H = H,
+                         .W = W,
+                         .K = C,
+                         .R = k,
+                         .S = k,
+                         .pad_h = dh * (k - 1) / 2,
+                         .pad_w = dw * (k - 1) / 2,
+                         .dil_h = dh,
+                         .dil_w = dw,
+                         .groups = C};
+          if (!valid(p)) continue;
+          check_conv<T>(p, rng);
+          ++cases;
+        }
+      }
+    }
+  }
+  CHECK(cases > 200);
+}
+
+// Masked-off lanes are never read or accumulated: an infinity in one input element reaches
+// exactly the outputs whose window covers it (not, say, the next row's first column).
+TEST_CASE("cpu::conv2d: depthwise small planes keep non-finite inputs in their windows") {
+  for (const auto& [H, W] : {std::pair<int64_t, int64_t>{8, 8}, {7, 7}}) {
+    for (int64_t k : {3, 5}) {
+      for (int64_t d : {1, 2}) {
+        Conv2dParams p{.N = 2,
+                       .C = 2,
+                       .H = H,
+                       .W = W,
+                       .K = 2,
+                       .R = k,
+                       .S = k,
+                       .pad_h = d * (k - 1) / 2,
+                       .pad_w = d * (k - 1) / 2,
+                       .dil_h = d,
+                       .dil_w = d,
+                       .groups = 2};
+        const int64_t HW = H * W, n = p.N * p.C * HW;
+        for (const auto& [ih, iw] : {std::pair<int64_t, int64_t>{2, W - 1}, {3, 0}, {0, 0}}) {
+          std::vector<float> x(static_cast<size_t>(n), 1.0f),
+              w(static_cast<size_t>(2 * k * k), 1.0f);
+          const int64_t at = 1 * p.C * HW + 1 * HW + ih * W + iw;  // image 1, channel 1
+          x[static_cast<size_t>(at)] = std::numeric_limits<float>::infinity();
+          auto y = poisoned<float>(n), gx = poisoned<float>(n);
+          tnas::cpu::conv2d_forward(p, x.data(), w.data(), y.data());
+          tnas::cpu::conv2d_backward_input(p, x.data(), w.data(), gx.data());
+          int64_t bad = 0;
+          for (int64_t i = 0; i < n; ++i) {
+            const int64_t plane = i / HW, oi = (i % HW) / W, oj = i % W;
+            const int64_t r = ih - oi + p.pad_h, s = iw - oj + p.pad_w;
+            const bool covers = plane == at / HW && r >= 0 && s >= 0 && r % d == 0 && s % d == 0 &&
+                                r / d < k && s / d < k;
+            for (float v : {y[static_cast<size_t>(i)], gx[static_cast<size_t>(i)]})
+              bad += covers ? !std::isinf(v) : !std::isfinite(v);
+          }
+          CHECK_MESSAGE(bad == 0, "H=", H, " k=", k, " d=", d, " inf at ", ih, ",", iw);
+        }
+      }
+    }
+  }
 }
 
 TEST_CASE("cpu::conv2d: invalid parameters throw") {
