@@ -372,9 +372,12 @@ struct DartsGenotype {
     TNAS_CHECK(keep >= 1, "DartsGenotype::dot: keep must be >= 1, got ", keep);
     const std::vector<Entry>& v = cell(which);
     auto state = [](int s) {
-      return s == 0   ? std::string("\"c_{k-2}\"")
-             : s == 1 ? std::string("\"c_{k-1}\"")
-                      : "\"" + std::to_string(s - 2) + "\"";
+      if (s == 0) return std::string("\"c_{k-2}\"");
+      if (s == 1) return std::string("\"c_{k-1}\"");
+      std::string q(1, '"');  // appended, not "\"" + ..., which trips GCC 12's -Wrestrict
+      q += std::to_string(s - 2);
+      q += '"';
+      return q;
     };
     std::string s = "digraph " + std::string(to_string(which)) + " {\n";
     s += "  edge [fontname=times fontsize=20]\n";

@@ -406,20 +406,41 @@ inline void conv2d(const Shape& s, const float* x, const float* w, float* y,
   conv2d(s, x, pw, y, xp, path);
 }
 
-// C[M, N] = sum_k sgn(A[m, k]) * sgn(B[n, k]): a 1 x 1 convolution of the M rows of A (as
-// pixels) with the N rows of B (as output channels), transposed.
+// Packs the rows of a row-major [rows, K] matrix: out[r * WG + j] holds the code bits of
+// elements j*64 .. j*64+63 of row r (WG = ceil(K / 64), bits past K are 0).
+inline void pack_rows(int64_t rows, int64_t K, const float* a, uint64_t* out) {
+  const int64_t WG = (K + 63) / 64;
+#pragma omp parallel for schedule(static) if (rows * K > 65536)
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < WG; ++j) {
+      const float* ar = a + r * K + j * 64;
+      const int64_t n = std::min<int64_t>(64, K - j * 64);
+      uint64_t word = 0;
+      for (int64_t b = 0; b < n; ++b) word |= uint64_t(ar[b] >= 0.0f) << b;
+      out[r * WG + j] = word;
+    }
+}
+
+// C[M, N] = sum_k sgn(A[m, k]) * sgn(B[n, k]): a 1 x 1 convolution whose pixels are the N rows
+// of B and whose output channels are the M rows of A, so its [M, N] output is C itself and
+// both operands pack straight from their rows (no transposes).
 inline void gemm(int64_t M, int64_t N, int64_t K, const float* A, const float* B, float* C,
                  Path path = best_path()) {
   TNAS_CHECK(M >= 1 && N >= 1 && K >= 1, "xnor_gemm: need M, N, K >= 1, got ", M, ", ", N, ", ", K);
-  // A [M, K] read as an image [1, K, 1, M] needs the channel axis outermost: transpose it.
-  std::vector<float> At(size_t(M * K));
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k) At[size_t(k * M + m)] = A[m * K + k];
-  const Shape s{1, K, 1, M, N, 1, 1, 1, 0, 1, 1};
-  std::vector<float> Ct(size_t(N * M));
-  conv2d(s, At.data(), B, Ct.data(), path);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t m = 0; m < M; ++m) C[m * N + n] = Ct[size_t(n * M + m)];
+  // The N pixels as an H x W image with W a divisor of N (up to 64), so there are many rows
+  // (the kernel runs rows in parallel) and each row fills the pixel blocks.
+  int64_t W = 1;
+  for (int64_t d = std::min<int64_t>(64, N); d >= 1; --d)
+    if (N % d == 0) {
+      W = d;
+      break;
+    }
+  const Shape s{1, K, N / W, W, M, 1, 1, 1, 0, 1, 1};
+  check(s);
+  std::vector<uint64_t> xp(size_t(s.packed_input_words()));
+  pack_rows(N, K, B, xp.data());              // no padding: pixel n's words are at n * WG
+  const PackedWeight pw = pack_weight(s, A);  // A [M, K] is a [M, K, 1, 1] weight
+  conv_packed(s, xp.data(), pw.bits.data(), pw.popw.data(), C, path);
 }
 
 }  // namespace tnas::cpu::xnor
