@@ -47,6 +47,17 @@ struct Args {
   double binary_weight_share = 0.4;  // bats: share of the retraining with binarised weights
 };
 
+// The retrained DARTS-style network (DARTS or BATS cells) for the data set's shape.
+train::DartsNetworkConfig darts_config(const Args& a, const data::Dataset& train_all) {
+  return {.in_channels = train_all.channels(),
+          .channels = a.train_channels,
+          .cells = a.train_cells,
+          .classes = train_all.num_classes,
+          .drop_path_prob = 0.0,
+          .image_size = train_all.height(),
+          .seed = a.seed};
+}
+
 double temperature(const Args& a) {
   return a.temperature > 0 ? a.temperature : a.strategy == "bats" ? 0.5 : 1.0;
 }
@@ -308,23 +319,11 @@ int main(int argc, char** argv) {
                  "tnas-search: --strategy bats searches the binary DARTS-style "
                  "cell space (space::Bats); --space ",
                  a.space, " has no binary version");
-      train::DartsNetworkConfig cfg{.in_channels = train_all.channels(),
-                                    .channels = a.train_channels,
-                                    .cells = a.train_cells,
-                                    .classes = train_all.num_classes,
-                                    .drop_path_prob = 0.0,
-                                    .image_size = train_all.height(),
-                                    .seed = a.seed};
+      train::DartsNetworkConfig cfg = darts_config(a, train_all);
       cfg.ops = train::cell_ops<space::BatsOps>();
       j = run<space::Bats, train::DartsNetwork>(a, train_all, test, cfg);
     } else if (a.space == "darts") {
-      train::DartsNetworkConfig cfg{.in_channels = train_all.channels(),
-                                    .channels = a.train_channels,
-                                    .cells = a.train_cells,
-                                    .classes = train_all.num_classes,
-                                    .drop_path_prob = 0.0,
-                                    .image_size = train_all.height(),
-                                    .seed = a.seed};
+      const train::DartsNetworkConfig cfg = darts_config(a, train_all);
       j = run<space::Darts, train::DartsNetwork>(a, train_all, test, cfg);
     } else {
       train::Nb201NetworkConfig cfg{.in_channels = train_all.channels(),

@@ -271,34 +271,22 @@ void conv_row(const Shape& s, const uint64_t* xp, const uint64_t* wp, const int3
   }
   // y = T * Cg - 2 * popcount sum, minus the contribution of every padded tap. The pixels whose
   // window leaves the image and their padded taps are listed once per row.
-  int64_t border_q[64], border_taps[64][16];
-  int border_nt[64], n_border = 0;
-  bool fallback = false;  // more border pixels or taps than the lists hold: check every q
+  // border_q[b]'s padded taps are taps[tap_at[b] .. tap_at[b + 1]).
+  std::vector<int64_t> border_q, taps, tap_at{0};
   const bool rows_inside = h0 >= s.pad && h0 + (s.R - 1) * s.dil < s.pad + s.H;
-  auto padded_taps = [&](int64_t q, int64_t* taps) {
-    int nt = 0;
+  for (int64_t q = 0; q < Q; ++q) {
     const int64_t w0 = q * s.stride;
+    if (rows_inside && w0 >= s.pad && w0 + (s.S - 1) * s.dil < s.pad + s.W) continue;
     for (int64_t r = 0; r < s.R; ++r) {
       const int64_t hh = h0 + r * s.dil;
       const bool row_in = hh >= s.pad && hh < s.pad + s.H;
       for (int64_t c = 0; c < s.S; ++c) {
         const int64_t ww = w0 + c * s.dil;
-        if (!(row_in && ww >= s.pad && ww < s.pad + s.W)) {
-          if (nt < 16) taps[nt] = r * s.S + c;
-          ++nt;
-        }
+        if (!(row_in && ww >= s.pad && ww < s.pad + s.W)) taps.push_back(r * s.S + c);
       }
     }
-    return nt;
-  };
-  for (int64_t q = 0; q < Q && !fallback; ++q) {
-    const int64_t w0 = q * s.stride;
-    if (rows_inside && w0 >= s.pad && w0 + (s.S - 1) * s.dil < s.pad + s.W) continue;
-    if (n_border == 64 || (border_nt[n_border] = padded_taps(q, border_taps[n_border])) > 16) {
-      fallback = true;
-      break;
-    }
-    border_q[n_border++] = q;
+    border_q.push_back(q);
+    tap_at.push_back(int64_t(taps.size()));
   }
   const float base = float(T * Cg);
   for (int64_t kk = 0; kk < Kg; ++kk) {
@@ -307,28 +295,11 @@ void conv_row(const Shape& s, const uint64_t* xp, const uint64_t* wp, const int3
     const uint32_t* cr = cnt.data() + kk * Q;
     for (int64_t q = 0; q < Q; ++q) yr[q] = base - 2.0f * float(cr[q]);
     const int32_t* pk = popw + k * T;
-    if (!fallback) {
-      for (int b = 0; b < n_border; ++b) {
-        int64_t corr = 0;
-        for (int i = 0; i < border_nt[b]; ++i) corr += Cg - 2 * int64_t(pk[border_taps[b][i]]);
-        yr[border_q[b]] -= float(corr);
-      }
-      continue;
-    }
-    for (int64_t q = 0; q < Q; ++q) {
-      const int64_t w0 = q * s.stride;
-      if (rows_inside && w0 >= s.pad && w0 + (s.S - 1) * s.dil < s.pad + s.W) continue;
+    for (size_t b = 0; b < border_q.size(); ++b) {
       int64_t corr = 0;
-      for (int64_t r = 0; r < s.R; ++r) {
-        const int64_t hh = h0 + r * s.dil;
-        const bool row_in = hh >= s.pad && hh < s.pad + s.H;
-        for (int64_t c = 0; c < s.S; ++c) {
-          const int64_t ww = w0 + c * s.dil;
-          if (row_in && ww >= s.pad && ww < s.pad + s.W) continue;
-          corr += Cg - 2 * int64_t(pk[r * s.S + c]);
-        }
-      }
-      yr[q] -= float(corr);
+      for (int64_t t = tap_at[b]; t < tap_at[b + 1]; ++t)
+        corr += Cg - 2 * int64_t(pk[taps[size_t(t)]]);
+      yr[border_q[b]] -= float(corr);
     }
   }
 }
