@@ -39,16 +39,7 @@
 #include <string>
 
 #include "common.cuh"
-
-namespace tnas::cuda {
-// Exported for benches and tests, which declare them themselves for now (they belong in
-// include/tnas/backend/cuda/cuda.hpp): the weights packed once, and the convolution that takes
-// them. The packed buffer serves both kernels.
-size_t xnor_packed_weights_bytes(const backend::ConvShape& p);
-void xnor_pack_weights(const backend::ConvShape& p, const float* w, void* packed);
-void xnor_conv2d_packed(const backend::ConvShape& p, const float* x, const void* packed_w,
-                        float* y);
-}  // namespace tnas::cuda
+#include "tnas/backend/cuda/cuda.hpp"  // the pre-packed entry points
 
 namespace tnas::cuda::detail {
 namespace {

@@ -42,6 +42,9 @@ const ConvCase kCases[] = {
     {1, 16, 11, 10, 16, 5, 2, 4, 2, 2},  // 5x5 dilation 2 padding 4, stride 2, groups 2
     {3, 100, 4, 4, 20, 3, 1, 0, 1, 1},   // no padding
     {1, 5, 3, 3, 2, 3, 1, 3, 1, 1},      // padding larger than half the window
+    {2, 40, 3, 35, 9, 3, 1, 1, 1, 1},    // rows of 35 pixels: two 16-pixel packing blocks + 3
+    {1, 67, 2, 19, 5, 3, 2, 1, 1, 1},    // 19 pixels, two words per pixel, stride 2
+    {1, 24, 3, 21, 6, 3, 1, 1, 1, 3},    // grouped rows of 21 pixels
 };
 
 }  // namespace
@@ -91,8 +94,13 @@ TEST_CASE("xnor_conv2d: zeros count as +1, like sign_ste") {
 
 TEST_CASE("xnor_matmul equals sign(a) sign(b)^T exactly, odd sizes") {
   Rng rng(3);
-  for (auto [M, N, K] :
-       {std::tuple{1, 1, 1}, {5, 3, 64}, {7, 9, 65}, {13, 17, 130}, {3, 30, 200}}) {
+  for (auto [M, N, K] : {std::tuple{1, 1, 1},
+                         {5, 3, 64},
+                         {7, 9, 65},
+                         {13, 17, 130},
+                         {3, 30, 200},
+                         {40, 7, 70},
+                         {70, 33, 129}}) {
     INFO(M, "x", N, "x", K);
     Tensor a = Tensor::randn({M, K}, rng, 1.0, DType::f32);
     Tensor b = Tensor::randn({N, K}, rng, 1.0, DType::f32);

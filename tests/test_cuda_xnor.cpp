@@ -23,14 +23,6 @@
 
 using namespace tnas;
 
-// The pre-packed-weights entry points of the CUDA backend (cuda/xnor.cu).
-namespace tnas::cuda {
-size_t xnor_packed_weights_bytes(const backend::ConvShape& p);
-void xnor_pack_weights(const backend::ConvShape& p, const float* w, void* packed);
-void xnor_conv2d_packed(const backend::ConvShape& p, const float* x, const void* packed_w,
-                        float* y);
-}  // namespace tnas::cuda
-
 namespace {
 
 bool have_gpu() {

@@ -88,7 +88,7 @@ nlohmann::json finish(const Args& a, const Genotype& g, const std::filesystem::p
 
   nlohmann::json j;
   j["genotype"] = g.str();
-  j["space"] = a.space;
+  j["space"] = a.strategy == "bats" ? "bats (binary DARTS cell)" : a.space;
   j["strategy"] = a.strategy + (a.second_order ? " (second order)" : " (first order)");
   j["temperature"] = temperature(a);
   j["test_accuracy"] = fitted.eval_acc;

@@ -29,6 +29,7 @@
 #include <bit>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #if defined(__AVX2__) || defined(__AVX512F__)
@@ -93,10 +94,39 @@ inline void check(const Shape& s) {
              s.groups);
 }
 
+// One word per pixel of row xr (W pixels) for channels c0..c1 (at most 64, channel c's row at
+// xr + (c - c0) * plane): bit (c - c0) of row[w] is x >= 0.
+inline void pack_row_bits(const float* xr, int64_t plane, int64_t W, int64_t nc, uint64_t* row) {
+  int64_t w0 = 0;
+#if defined(__AVX512F__)
+  // 16 pixels at a time, channels innermost: each channel's 16 floats are one cache line and
+  // one compare; the 16 words stay in two registers.
+  for (; w0 < W; w0 += 16) {
+    const int64_t n = std::min<int64_t>(16, W - w0);
+    const __mmask16 valid = __mmask16((uint32_t(1) << n) - 1);
+    __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+    for (int64_t c = 0; c < nc; ++c) {
+      const __m512 v = _mm512_maskz_loadu_ps(valid, xr + c * plane + w0);
+      const __mmask16 m = _mm512_mask_cmp_ps_mask(valid, v, _mm512_setzero_ps(), _CMP_GE_OQ);
+      const __m512i bit = _mm512_set1_epi64(int64_t(uint64_t(1) << c));
+      lo = _mm512_mask_or_epi64(lo, __mmask8(m), lo, bit);
+      hi = _mm512_mask_or_epi64(hi, __mmask8(m >> 8), hi, bit);
+    }
+    _mm512_mask_storeu_epi64(row + w0, __mmask8(valid), lo);
+    if (n > 8) _mm512_mask_storeu_epi64(row + w0 + 8, __mmask8(valid >> 8), hi);
+  }
+#endif
+  for (; w0 < W; ++w0) {
+    uint64_t word = 0;
+    for (int64_t c = 0; c < nc; ++c) word |= uint64_t(xr[c * plane + w0] >= 0.0f) << c;
+    row[w0] = word;
+  }
+}
+
 // Packs x [N, C, H, W] into [N][Hp][Wp][groups][WG] (see the top of the file).
 inline void pack_input(const Shape& s, const float* x, uint64_t* out) {
   const int64_t WG = s.WG(), G = s.groups, Cg = s.Cg(), Hp = s.Hp(), Wp = s.Wp();
-  const int64_t pix_words = G * WG;
+  const int64_t pix_words = G * WG, plane = s.H * s.W;
 #pragma omp parallel for schedule(static) if (s.N * s.C * s.H * s.W > 65536)
   for (int64_t n = 0; n < s.N; ++n) {
     uint64_t* on = out + n * Hp * Wp * pix_words;
@@ -106,15 +136,13 @@ inline void pack_input(const Shape& s, const float* x, uint64_t* out) {
       for (int64_t j = 0; j < WG; ++j) {
         const int64_t c0 = g * Cg + j * 64, c1 = std::min(c0 + 64, (g + 1) * Cg);
         for (int64_t h = 0; h < s.H; ++h) {
-          // One word per pixel of this row for channels c0..c1: bit (c - c0) is x >= 0.
-          std::fill(row.begin(), row.end(), uint64_t(0));
-          for (int64_t c = c0; c < c1; ++c) {
-            const float* xr = x + ((n * s.C + c) * s.H + h) * s.W;
-            const int sh = int(c - c0);
-            uint64_t* r = row.data();
-            for (int64_t w = 0; w < s.W; ++w) r[w] |= uint64_t(xr[w] >= 0.0f) << sh;
-          }
           uint64_t* dst = on + ((h + s.pad) * Wp + s.pad) * pix_words + g * WG + j;
+          const float* xr = x + ((n * s.C + c0) * s.H + h) * s.W;
+          if (pix_words == 1) {
+            pack_row_bits(xr, plane, s.W, c1 - c0, dst);  // the padded row is contiguous
+            continue;
+          }
+          pack_row_bits(xr, plane, s.W, c1 - c0, row.data());
           for (int64_t w = 0; w < s.W; ++w) dst[w * pix_words] = row[size_t(w)];
         }
       }
@@ -171,6 +199,7 @@ namespace detail {
 
 // acc[l] += popcount(x ^ w[l]) for the 8 output channels of a lane block.
 struct Portable {
+  static constexpr int kPB = 4;  // output pixels per register block
   using V = std::array<uint64_t, 8>;
   static V zero() { return V{}; }
   static V load(const uint64_t* p) {
@@ -182,10 +211,12 @@ struct Portable {
     for (int l = 0; l < 8; ++l) acc[l] += uint64_t(std::popcount(x ^ w[l]));
   }
   static void store(const V& v, uint64_t* p) { std::memcpy(p, v.data(), sizeof(V)); }
+  static void add_block(const V (&a)[kPB], int nq, int32_t* cnt, int64_t Q);
 };
 
 #if defined(__AVX2__)
 struct Avx2 {
+  static constexpr int kPB = 4;  // 8 accumulators + weights fill the 16 ymm registers
   struct V {
     __m256i a, b;
   };
@@ -212,11 +243,13 @@ struct Avx2 {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v.a);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + 4), v.b);
   }
+  static void add_block(const V (&a)[kPB], int nq, int32_t* cnt, int64_t Q);
 };
 #endif
 
 #if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
 struct Avx512 {
+  static constexpr int kPB = 8;  // 8 accumulators of the 32 zmm registers
   using V = __m512i;
   static V zero() { return _mm512_setzero_si512(); }
   static V load(const uint64_t* p) { return _mm512_loadu_si512(p); }
@@ -225,26 +258,101 @@ struct Avx512 {
                            _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_set1_epi64(int64_t(x)), w)));
   }
   static void store(const V& v, uint64_t* p) { _mm512_storeu_si512(p, v); }
+  // cnt[l * Q + i] += 2 * acc[i][l], i < nq: the 8 x 8 block transposed in registers (three
+  // rounds of two-source permutes), so each channel's row of 8 pixels is one vector add and
+  // store (scalar stores of 64 counts cost as much as the popcounts of a 3 x 3 tap block).
+  static void add_block(const V (&a)[kPB], int nq, int32_t* cnt, int64_t Q) {
+    const __m512i lo2 = _mm512_setr_epi64(0, 8, 2, 10, 4, 12, 6, 14);
+    const __m512i hi2 = _mm512_setr_epi64(1, 9, 3, 11, 5, 13, 7, 15);
+    const __m512i lo4 = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+    const __m512i hi4 = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    const __m512i lo8 = _mm512_setr_epi64(0, 1, 2, 3, 8, 9, 10, 11);
+    const __m512i hi8 = _mm512_setr_epi64(4, 5, 6, 7, 12, 13, 14, 15);
+    // t[2m + e]: pixels 2m, 2m+1 interleaved, channels of parity e.
+    V t[8], u[8];
+    for (int m = 0; m < 4; ++m) {
+      t[2 * m] = _mm512_permutex2var_epi64(a[2 * m], lo2, a[2 * m + 1]);
+      t[2 * m + 1] = _mm512_permutex2var_epi64(a[2 * m], hi2, a[2 * m + 1]);
+    }
+    // u[4h + 2e + f]: pixels 4h..4h+3, channels l with l % 4 = e + 2f.
+    for (int h = 0; h < 2; ++h)
+      for (int e = 0; e < 2; ++e) {
+        u[4 * h + e] = _mm512_permutex2var_epi64(t[4 * h + e], lo4, t[4 * h + 2 + e]);
+        u[4 * h + 2 + e] = _mm512_permutex2var_epi64(t[4 * h + e], hi4, t[4 * h + 2 + e]);
+      }
+    const __mmask8 m = __mmask8((1u << nq) - 1);
+    for (int c = 0; c < 4; ++c) {  // c = e + 2f: channels c and c + 4
+      const V row_c = _mm512_permutex2var_epi64(u[c], lo8, u[4 + c]);
+      const V row_c4 = _mm512_permutex2var_epi64(u[c], hi8, u[4 + c]);
+      for (const auto& [l, v] : {std::pair{c, row_c}, std::pair{c + 4, row_c4}}) {
+        int32_t* dst = cnt + l * Q;
+        const __m256i add = _mm512_cvtepi64_epi32(_mm512_slli_epi64(v, 1));
+        const __m256i cur = _mm256_maskz_loadu_epi32(m, dst);
+        _mm256_mask_storeu_epi32(dst, m, _mm256_add_epi32(cur, add));
+      }
+    }
+  }
 };
 #endif
 
-// Pixels per register block: PB output pixels of one row x 8 output channels each.
-inline constexpr int kPB = 4;
+// cnt[l * Q + i] += 2 * (lane l of acc[i]) for the nq pixels i of a block and its 8 channels l.
+template <class Isa, int PB>
+void add_block_scalar(const typename Isa::V (&acc)[PB], int nq, int32_t* cnt, int64_t Q) {
+  alignas(64) uint64_t lanes[PB][8];
+  for (int i = 0; i < PB; ++i) Isa::store(acc[i], lanes[i]);
+  for (int l = 0; l < 8; ++l)
+    for (int i = 0; i < nq; ++i) cnt[l * Q + i] += int32_t(2 * lanes[i][l]);
+}
+inline void Portable::add_block(const V (&a)[kPB], int nq, int32_t* cnt, int64_t Q) {
+  add_block_scalar<Portable, kPB>(a, nq, cnt, Q);
+}
+#if defined(__AVX2__)
+inline void Avx2::add_block(const V (&a)[kPB], int nq, int32_t* cnt, int64_t Q) {
+  add_block_scalar<Avx2, kPB>(a, nq, cnt, Q);
+}
+#endif
 
-// One output row p of image n, group g: y[n, g*Kg + k, p, q] for all k < Kg, q < Q. The
-// popcount sums go to a small row buffer cnt[k][q] (L1-resident), and the row is then written
-// per output channel as contiguous floats, with the border correction on the few pixels whose
-// window leaves the image.
+// One output row p of image n, group g: y[n, g*Kg + k, p, q] for all k < Kg, q < Q, through a
+// small row buffer cnt[k][q] (L1-resident) of T * Cg - y in integers: it starts with the
+// contribution of the padded taps of the few pixels whose window leaves the image (the border
+// correction), the main loop adds twice the popcount sums, and the row is then written per
+// output channel as contiguous floats. (Correcting afterwards, just before or after the vector
+// conversion, made each corrected pixel a vector load of a just-stored scalar or the other way
+// round: a store-forwarding stall that took a fifth to a third of the time at 64 channels.)
 template <class Isa>
 void conv_row(const Shape& s, const uint64_t* xp, const uint64_t* wp, const int32_t* popw, float* y,
-              int64_t n, int64_t p, int64_t g, std::vector<uint32_t>& cnt) {
+              int64_t n, int64_t p, int64_t g, std::vector<int32_t>& cnt) {
+  constexpr int kPB = Isa::kPB;  // pixels per register block, 8 output channels each
   const int64_t WG = s.WG(), Kg = s.Kg(), Kp = s.Kp(), T = s.R * s.S, Q = s.Q(), P = s.P();
   const int64_t Wp = s.Wp(), pix_words = s.groups * WG, Cg = s.Cg();
-  cnt.resize(size_t(Kp * Q));
-  const uint64_t* wg = wp + g * T * WG * Kp;
   const int64_t h0 = p * s.stride;  // padded row of tap r = 0
+  cnt.assign(size_t(Kp * Q), 0);
+  // The contribution a padded tap would have, -(sum over channels of sgn(w)) = Cg - 2 popcount(w
+  // at that tap), for each pixel whose window leaves the image, with each one's padded taps
+  // listed once.
+  std::vector<int64_t> taps;
+  const bool rows_inside = h0 >= s.pad && h0 + (s.R - 1) * s.dil < s.pad + s.H;
+  for (int64_t q = 0; q < Q; ++q) {
+    const int64_t w0 = q * s.stride;
+    if (rows_inside && w0 >= s.pad && w0 + (s.S - 1) * s.dil < s.pad + s.W) continue;
+    taps.clear();
+    for (int64_t r = 0; r < s.R; ++r) {
+      const int64_t hh = h0 + r * s.dil;
+      const bool row_in = hh >= s.pad && hh < s.pad + s.H;
+      for (int64_t c = 0; c < s.S; ++c) {
+        const int64_t ww = w0 + c * s.dil;
+        if (!(row_in && ww >= s.pad && ww < s.pad + s.W)) taps.push_back(r * s.S + c);
+      }
+    }
+    for (int64_t kk = 0; kk < Kg; ++kk) {
+      const int32_t* pk = popw + (g * Kg + kk) * T;
+      int32_t corr = 0;
+      for (const int64_t t : taps) corr += int32_t(Cg) - 2 * pk[t];
+      cnt[size_t(kk * Q + q)] = corr;
+    }
+  }
+  const uint64_t* wg = wp + g * T * WG * Kp;
   const uint64_t* xrow = xp + (n * s.Hp() * Wp) * pix_words + g * WG;
-  alignas(64) uint64_t lanes[kPB][8];
   for (int64_t q0 = 0; q0 < Q; q0 += kPB) {
     int64_t col[kPB];  // padded column of tap s = 0 for each pixel of the block
     for (int i = 0; i < kPB; ++i) col[i] = std::min(q0 + i, Q - 1) * s.stride;
@@ -255,52 +363,21 @@ void conv_row(const Shape& s, const uint64_t* xp, const uint64_t* wp, const int3
         const uint64_t* xr = xrow + (h0 + r * s.dil) * Wp * pix_words;
         for (int64_t c = 0; c < s.S; ++c) {
           const int64_t t = r * s.S + c;
-          const int64_t cofs = c * s.dil;
+          const uint64_t* xt = xr + c * s.dil * pix_words;
           for (int64_t j = 0; j < WG; ++j) {
             const typename Isa::V wv = Isa::load(wg + (t * WG + j) * Kp + kb);
-            for (int i = 0; i < kPB; ++i)
-              Isa::xor_pop_add(acc[i], xr[(col[i] + cofs) * pix_words + j], wv);
+            for (int i = 0; i < kPB; ++i) Isa::xor_pop_add(acc[i], xt[col[i] * pix_words + j], wv);
           }
         }
       }
-      for (int i = 0; i < kPB; ++i) Isa::store(acc[i], lanes[i]);
-      const int nq = int(std::min<int64_t>(kPB, Q - q0));
-      for (int l = 0; l < 8; ++l)
-        for (int i = 0; i < nq; ++i) cnt[size_t((kb + l) * Q + q0 + i)] = uint32_t(lanes[i][l]);
+      Isa::add_block(acc, int(std::min<int64_t>(kPB, Q - q0)), cnt.data() + kb * Q + q0, Q);
     }
-  }
-  // y = T * Cg - 2 * popcount sum, minus the contribution of every padded tap. The pixels whose
-  // window leaves the image and their padded taps are listed once per row.
-  // border_q[b]'s padded taps are taps[tap_at[b] .. tap_at[b + 1]).
-  std::vector<int64_t> border_q, taps, tap_at{0};
-  const bool rows_inside = h0 >= s.pad && h0 + (s.R - 1) * s.dil < s.pad + s.H;
-  for (int64_t q = 0; q < Q; ++q) {
-    const int64_t w0 = q * s.stride;
-    if (rows_inside && w0 >= s.pad && w0 + (s.S - 1) * s.dil < s.pad + s.W) continue;
-    for (int64_t r = 0; r < s.R; ++r) {
-      const int64_t hh = h0 + r * s.dil;
-      const bool row_in = hh >= s.pad && hh < s.pad + s.H;
-      for (int64_t c = 0; c < s.S; ++c) {
-        const int64_t ww = w0 + c * s.dil;
-        if (!(row_in && ww >= s.pad && ww < s.pad + s.W)) taps.push_back(r * s.S + c);
-      }
-    }
-    border_q.push_back(q);
-    tap_at.push_back(int64_t(taps.size()));
   }
   const float base = float(T * Cg);
   for (int64_t kk = 0; kk < Kg; ++kk) {
-    const int64_t k = g * Kg + kk;
-    float* yr = y + ((n * s.K + k) * P + p) * Q;
-    const uint32_t* cr = cnt.data() + kk * Q;
-    for (int64_t q = 0; q < Q; ++q) yr[q] = base - 2.0f * float(cr[q]);
-    const int32_t* pk = popw + k * T;
-    for (size_t b = 0; b < border_q.size(); ++b) {
-      int64_t corr = 0;
-      for (int64_t t = tap_at[b]; t < tap_at[b + 1]; ++t)
-        corr += Cg - 2 * int64_t(pk[taps[size_t(t)]]);
-      yr[border_q[b]] -= float(corr);
-    }
+    const int32_t* cr = cnt.data() + kk * Q;
+    float* yr = y + ((n * s.K + g * Kg + kk) * P + p) * Q;
+    for (int64_t q = 0; q < Q; ++q) yr[q] = base - float(cr[q]);
   }
 }
 
@@ -309,7 +386,7 @@ void conv(const Shape& s, const uint64_t* xp, const uint64_t* wp, const int32_t*
   const int64_t P = s.P(), rows = s.N * P * s.groups;
 #pragma omp parallel if (rows > 1)
   {
-    std::vector<uint32_t> cnt;  // per thread
+    std::vector<int32_t> cnt;  // per thread
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < rows; ++i) {
       const int64_t g = i % s.groups, np = i / s.groups;
@@ -392,12 +469,12 @@ inline void pack_rows(int64_t rows, int64_t K, const float* a, uint64_t* out) {
     }
 }
 
-// C[M, N] = sum_k sgn(A[m, k]) * sgn(B[n, k]): a 1 x 1 convolution whose pixels are the N rows
-// of B and whose output channels are the M rows of A, so its [M, N] output is C itself and
-// both operands pack straight from their rows (no transposes).
-inline void gemm(int64_t M, int64_t N, int64_t K, const float* A, const float* B, float* C,
-                 Path path = best_path()) {
-  TNAS_CHECK(M >= 1 && N >= 1 && K >= 1, "xnor_gemm: need M, N, K >= 1, got ", M, ", ", N, ", ", K);
+namespace detail {
+// C[M, N] = sum_k sgn(A[m, k]) * sgn(B[n, k]) as a 1 x 1 convolution whose pixels are the N
+// rows of B and whose output channels are the M rows of A: its [M, N] output is C itself and
+// both operands pack straight from their rows.
+inline void gemm_rows(int64_t M, int64_t N, int64_t K, const float* A, const float* B, float* C,
+                      Path path) {
   // The N pixels as an H x W image with W a divisor of N (up to 64), so there are many rows
   // (the kernel runs rows in parallel) and each row fills the pixel blocks.
   int64_t W = 1;
@@ -412,6 +489,24 @@ inline void gemm(int64_t M, int64_t N, int64_t K, const float* A, const float* B
   pack_rows(N, K, B, xp.data());              // no padding: pixel n's words are at n * WG
   const PackedWeight pw = pack_weight(s, A);  // A [M, K] is a [M, K, 1, 1] weight
   conv_packed(s, xp.data(), pw.bits.data(), pw.popw.data(), C, path);
+}
+}  // namespace detail
+
+// C[M, N] = sum_k sgn(A[m, k]) * sgn(B[n, k]). The larger of M and N goes on the pixel side
+// (rows run in parallel; the output channels of one row share its counts buffer), so for
+// M > N it computes C^T and transposes it.
+inline void gemm(int64_t M, int64_t N, int64_t K, const float* A, const float* B, float* C,
+                 Path path = best_path()) {
+  TNAS_CHECK(M >= 1 && N >= 1 && K >= 1, "xnor_gemm: need M, N, K >= 1, got ", M, ", ", N, ", ", K);
+  if (M <= N) return detail::gemm_rows(M, N, K, A, B, C, path);
+  std::vector<float> Ct(size_t(N * M));
+  detail::gemm_rows(N, M, K, B, A, Ct.data(), path);
+  constexpr int64_t kT = 32;  // blocked transpose
+#pragma omp parallel for schedule(static) if (M * N > 65536)
+  for (int64_t m0 = 0; m0 < M; m0 += kT)
+    for (int64_t n0 = 0; n0 < N; n0 += kT)
+      for (int64_t m = m0; m < std::min(M, m0 + kT); ++m)
+        for (int64_t n = n0; n < std::min(N, n0 + kT); ++n) C[m * N + n] = Ct[size_t(n * M + m)];
 }
 
 }  // namespace tnas::cpu::xnor
