@@ -42,6 +42,45 @@ TEST_CASE("tensor factories, views and copies") {
   CHECK(testing::throws_with([&] { (void)a.to(Device::cuda); }, {"cuda"}));
 }
 
+TEST_CASE("contiguous() of strided views matches an element-by-element gather") {
+  // Channel slices, permutations, broadcast (stride 0) and reversed-order views of a
+  // [3, 5, 4, 6] tensor; contiguous() merges dimensions and copies whole rows where it can.
+  const Shape base{3, 5, 4, 6};
+  std::vector<double> v(size_t(base.numel()));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = double(i) * 0.5 - 7;
+  Tensor a = Tensor::from(v, base);
+  struct View {
+    Shape shape;
+    Strides strides;
+    int64_t offset;
+  };
+  const std::vector<View> views = {
+      {{3, 2, 4, 6}, {120, 24, 6, 1}, 48},  // channels 2..3 of every image
+      {{3, 6, 4, 5}, {120, 1, 6, 24}, 0},   // NCHW -> NWHC
+      {{3, 5, 4, 6}, {120, 24, 0, 1}, 6},   // row 1 broadcast over H
+      {{2, 5, 3, 2}, {120, 24, 6, 3}, 1},   // every third column from column 1
+      {{1, 1, 1, 1}, {120, 24, 6, 1}, 37},  // one element
+      {{3, 1, 4, 6}, {120, 24, 6, 1}, 24},  // a size-1 channel
+      {{0, 5, 4, 6}, {120, 24, 6, 1}, 0}};  // empty
+  for (const View& w : views) {
+    CAPTURE(w.shape);
+    Tensor t = a.as_strided(w.shape, w.strides, w.offset);
+    Tensor c = t.contiguous();
+    REQUIRE(c.shape() == w.shape);
+    CHECK(c.is_contiguous());
+    std::vector<double> want;
+    const Shape& s = w.shape;
+    for (int64_t i = 0; i < s[0]; ++i)
+      for (int64_t j = 0; j < s[1]; ++j)
+        for (int64_t k = 0; k < s[2]; ++k)
+          for (int64_t l = 0; l < s[3]; ++l)
+            want.push_back(v[size_t(w.offset + i * w.strides[0] + j * w.strides[1] +
+                                    k * w.strides[2] + l * w.strides[3])]);
+    CHECK(c.to_vector() == want);
+    CHECK(t.clone().to_vector() == want);
+  }
+}
+
 TEST_CASE("caching allocator reuses freed blocks") {
   auto& alloc = allocator(Device::cpu);
   { Tensor warm = Tensor::empty({1000, 100}); }

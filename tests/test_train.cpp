@@ -399,6 +399,51 @@ TEST_CASE("fit: a resumed run ends bit for bit where the uninterrupted one does"
   }
 }
 
+TEST_CASE("fit with Adam: learns, resumes bit for bit, and a resume with SGD is an error") {
+  const data::Dataset tr = quadrants(40, 3), te = quadrants(16, 4);
+  train::FitOptions o;
+  o.epochs = 2;
+  o.batch_size = 16;
+  o.verbose = false;
+  o.seed = 7;
+  o.optimizer = train::FitOptimizer::adam;
+  o.lr = 3e-3;
+  o.weight_decay = 1e-4;
+
+  TempDir straight_dir("adam_straight");
+  auto straight = tiny_darts(false);
+  o.out_dir = straight_dir.path;
+  train::FitResult a = train::fit(straight, tr, te, o);
+  REQUIRE(a.history.size() == 2);
+  CHECK(std::isfinite(a.history.back().train_loss));
+  CHECK(a.history.back().train_loss < a.history.front().train_loss);
+
+  TempDir dir("adam_resume");
+  train::FitOptions o2 = o;
+  o2.out_dir = dir.path;
+  o2.max_steps = 4;  // epoch 2, step 1: Adam's moments and step counts must survive
+  auto first = tiny_darts(false);
+  train::fit(first, tr, te, o2);
+  o2.max_steps = 0;
+  o2.resume = true;
+
+  train::FitOptions sgd = o2;
+  sgd.optimizer = train::FitOptimizer::sgd;
+  auto other = tiny_darts(false);
+  CHECK(throws_with([&] { train::fit(other, tr, te, sgd); }, {"train.ckpt", "optimizer"}));
+
+  auto second = tiny_darts(false);
+  train::FitResult r2 = train::fit(second, tr, te, o2);
+  CHECK(r2.resumed);
+  CHECK(r2.history.back().train_loss == a.history.back().train_loss);
+  auto mine = second.state_dict(), theirs = straight.state_dict();
+  REQUIRE(mine.size() == theirs.size());
+  size_t differ = 0;
+  for (size_t i = 0; i < mine.size(); ++i)
+    differ += max_abs_diff(mine[i].second, theirs[i].second) != 0;
+  CHECK(differ == 0);
+}
+
 TEST_CASE("fit: a corrupt or mismatched checkpoint is an error naming the file") {
   const data::Dataset tr = quadrants(32, 5), te = quadrants(16, 6);
   TempDir dir("corrupt");

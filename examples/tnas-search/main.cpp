@@ -43,9 +43,30 @@ struct Args {
   bool resume = false;
   std::string device = "cpu";
   bool quiet = false;
-  double temperature = 0;            // softmax temperature of alpha; 0: 1 for darts, 0.5 for bats
-  double binary_weight_share = 0.4;  // bats: share of the retraining with binarised weights
+  double temperature = 0;             // softmax temperature of alpha; 0: 1 for darts, 0.5 for bats
+  double binary_weight_share = 0.4;   // bats: share of the retraining with binarised weights
+  std::string train_optimizer;        // sgd or adam; empty: sgd for darts, adam for bats
+  double train_lr = 0;                // 0: 0.05 with SGD, 2e-3 with Adam
+  int64_t train_steps_per_epoch = 0;  // cap on the retraining steps per epoch; 0: all
+  std::string genotype;  // retrain this architecture (file or DARTS notation); no search
 };
+
+// --genotype: a genotype.json, a file with the DARTS notation, or the notation itself.
+template <class Genotype>
+Genotype given_genotype(const std::string& g) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_regular_file(g, ec)) {
+    if (fs::path(g).extension() == ".json") return Genotype::load_json(g);
+    std::ifstream in(g);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    TNAS_CHECK(!in.bad(), "tnas-search: cannot read --genotype file ", g);
+    return Genotype::parse(text);
+  }
+  TNAS_CHECK(g.find('(') != std::string::npos, "tnas-search: --genotype ", g,
+             " is neither a file nor a genotype in DARTS notation");
+  return Genotype::parse(g);
+}
 
 // The retrained DARTS-style network (DARTS or BATS cells) for the data set's shape.
 train::DartsNetworkConfig darts_config(const Args& a, const data::Dataset& train_all) {
@@ -107,16 +128,11 @@ nlohmann::json finish(const Args& a, const Genotype& g, const std::filesystem::p
   return j;
 }
 
-template <class Space, class EvalNet, class EvalConfig>
-nlohmann::json run(const Args& a, const data::Dataset& train_all, const data::Dataset& test,
-                   EvalConfig eval_cfg) {
-  namespace fs = std::filesystem;
-  const double t_start = train::Progress::now();
-  const double budget = a.budget_minutes * 60.0;
-  const fs::path out = a.out;
-  fs::create_directories(out);
-
-  // ---- search -----------------------------------------------------------------------------
+// The weight-sharing search: a supernet of Space trained by DARTS (BATS: binary activations,
+// sharpened softmax) on a random subset of the training set, split in halves.
+template <class Space>
+auto run_search(const Args& a, const data::Dataset& train_all, const std::filesystem::path& out,
+                double budget) {
   const int64_t n_search = std::min(a.search_samples, train_all.size());
   auto pool = data::split_train_valid(train_all, n_search, a.seed).valid;  // a random subset
   auto halves = data::split_train_valid(pool, n_search / 2, a.seed + 1);
@@ -151,7 +167,28 @@ nlohmann::json run(const Args& a, const data::Dataset& train_all, const data::Da
   dopt.epochs = search_epochs;
   dopt.budget_seconds = budget > 0 ? budget * a.search_share * 1.15 : 0;
   search::Darts<search::Supernet<Space>> darts(net, dopt);
-  auto found = darts.run(halves.train, halves.valid);
+  return darts.run(halves.train, halves.valid);
+}
+
+template <class Space, class EvalNet, class EvalConfig>
+nlohmann::json run(const Args& a, const data::Dataset& train_all, const data::Dataset& test,
+                   EvalConfig eval_cfg) {
+  namespace fs = std::filesystem;
+  const double t_start = train::Progress::now();
+  const double budget = a.budget_minutes * 60.0;
+  const fs::path out = a.out;
+  fs::create_directories(out);
+
+  // ---- search (or the architecture given with --genotype) ---------------------------------
+  using Found = decltype(run_search<Space>(a, train_all, out, budget));
+  Found found;
+  if (!a.genotype.empty()) {
+    found.genotype = given_genotype<decltype(found.genotype)>(a.genotype);
+    std::fprintf(stderr, "architecture from --genotype (no search): %s\n",
+                 found.genotype.str().c_str());
+  } else {
+    found = run_search<Space>(a, train_all, out, budget);
+  }
   const double search_seconds = train::Progress::now() - t_start;
   const auto& g = found.genotype;
   {
@@ -169,14 +206,19 @@ nlohmann::json run(const Args& a, const data::Dataset& train_all, const data::Da
   }
   const double supernet_valid_acc =
       found.history.empty() ? 0.0 : found.history.back().supernet_valid_acc;
-  std::fprintf(stderr, "search done in %.0fs: %s\n", search_seconds, g.str().c_str());
+  if (a.genotype.empty())
+    std::fprintf(stderr, "search done in %.0fs: %s\n", search_seconds, g.str().c_str());
 
   // ---- retrain the found architecture from scratch ------------------------------------------
   EvalNet model(g, eval_cfg);
   train::FitOptions fopt;
   fopt.batch_size = a.train_batch;
-  fopt.lr = 0.05;
+  const bool adam = a.train_optimizer.empty() ? a.strategy == "bats" : a.train_optimizer == "adam";
+  fopt.optimizer = adam ? train::FitOptimizer::adam : train::FitOptimizer::sgd;
+  fopt.lr = a.train_lr > 0 ? a.train_lr : adam ? 2e-3 : 0.05;
+  if (adam) fopt.weight_decay = 0;
   fopt.nesterov = true;
+  fopt.steps_per_epoch = a.train_steps_per_epoch;
   fopt.augment.crop_padding = 2;
   fopt.out_dir = out / "train";
   fopt.resume = a.resume;
@@ -274,6 +316,9 @@ int main(int argc, char** argv) {
   app.add_option("--binary-weight-share", a.binary_weight_share,
                  "bats: share of the retraining epochs run with binarised weights")
       ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--genotype", a.genotype,
+                 "retrain this architecture instead of searching: a genotype.json, a file with "
+                 "the DARTS notation, or the notation itself");
   app.add_flag("--second-order", a.second_order, "DARTS' second-order (unrolled) alpha gradient");
   app.add_option("--budget-minutes", a.budget_minutes,
                  "wall-clock plan for search + retraining (epochs are fitted to it); 0: none")
@@ -290,6 +335,15 @@ int main(int argc, char** argv) {
   app.add_option("--train-channels", a.train_channels, "retrained network channels C");
   app.add_option("--train-cells", a.train_cells, "retrained network cells");
   app.add_option("--train-batch", a.train_batch, "retraining batch size");
+  app.add_option("--train-optimizer", a.train_optimizer,
+                 "retraining optimizer (default: sgd for darts, adam for bats)")
+      ->check(CLI::IsMember({"sgd", "adam"}));
+  app.add_option("--train-lr", a.train_lr,
+                 "initial retraining learning rate (0: 0.05 with sgd, 2e-3 with adam)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--train-steps-per-epoch", a.train_steps_per_epoch,
+                 "cap on the retraining steps per epoch, for quick trials (0: the whole set)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--search-share", a.search_share, "share of the budget for the search")
       ->check(CLI::Range(0.05, 0.95));
   app.add_option("--seed", a.seed, "random seed (data split, initialisation, shuffling)");

@@ -320,19 +320,40 @@ class Tensor {
       device_hooks().gather(r.raw(), raw(), dtype(), shape().begin(), strides().data(), rank());
       return;
     }
+    // Merge dimensions that are contiguous with each other (and drop size-1 ones), then copy
+    // row by row along the innermost merged dimension: a channel slice of an NCHW tensor
+    // becomes N rows of C'*H*W elements, each one memcpy.
+    const int64_t total = numel();
+    if (total == 0) return;
+    int64_t sh[kMaxDims], st[kMaxDims];
+    int n = 0;
+    for (int k = 0; k < rank(); ++k) {
+      if (shape()[k] == 1) continue;
+      if (n > 0 && st[n - 1] == strides()[k] * shape()[k]) {
+        sh[n - 1] *= shape()[k];
+        st[n - 1] = strides()[k];
+      } else {
+        sh[n] = shape()[k], st[n] = strides()[k], ++n;
+      }
+    }
+    if (n == 0) sh[0] = 1, st[0] = 1, n = 1;
+    const int64_t inner = sh[n - 1], istride = st[n - 1], rows = total / inner;
     dispatch(dtype(), [&]<class T>() {
       const T* s = data<T>();
       T* d = r.data<T>();
-      const int n = rank();
-      int64_t idx[kMaxDims] = {};
-      const int64_t total = numel();
-      for (int64_t i = 0; i < total; ++i) {
+      for (int64_t row = 0; row < rows; ++row) {
         int64_t off = 0;
-        for (int k = 0; k < n; ++k) off += idx[k] * strides()[k];
-        d[i] = s[off];
-        for (int k = n - 1; k >= 0; --k) {
-          if (++idx[k] < shape()[k]) break;
-          idx[k] = 0;
+        for (int64_t k = n - 2, rem = row; k >= 0; --k) {
+          off += (rem % sh[k]) * st[k];
+          rem /= sh[k];
+        }
+        T* dr = d + row * inner;
+        const T* sr = s + off;
+        if (istride == 1) {
+          std::memcpy(static_cast<void*>(dr), static_cast<const void*>(sr),
+                      size_t(inner) * sizeof(T));
+        } else {
+          for (int64_t i = 0; i < inner; ++i) dr[i] = sr[i * istride];
         }
       }
     });

@@ -1,6 +1,6 @@
-// train::fit: training a network from scratch, DARTS' train.py recipe: SGD with momentum and
-// weight decay, cosine annealing per epoch, gradient clipping, augmentation, the auxiliary
-// loss and the drop-path ramp of a DartsNetwork, optional label smoothing, a time budget,
+// train::fit: training a network from scratch, DARTS' train.py recipe: SGD with momentum (or
+// Adam) and weight decay, cosine annealing per epoch, gradient clipping, augmentation, the
+// auxiliary loss and the drop-path ramp of a DartsNetwork, optional label smoothing, a time budget,
 // per-epoch CSV metrics, a checkpoint per epoch, and exact resume.
 //
 // represents: one training run of `model` on `train` with evaluation on `eval` (a validation
@@ -16,8 +16,8 @@
 //   failure to read a checkpoint is a tnas::Error naming the file.
 //
 // Per step: loss = CE(logits) (+ auxiliary_weight * CE(aux logits) with a DartsNetwork's
-// auxiliary head), where CE is smoothed_cross_entropy; backward; clip_grad_norm; SGD step. Per
-// epoch e (0-based): lr = cosine(e) with T_max = epochs, set before the epoch as DARTS does;
+// auxiliary head), where CE is smoothed_cross_entropy; backward; clip_grad_norm; optimizer step.
+// Per epoch e (0-based): lr = cosine(e) with T_max = epochs, set before the epoch as DARTS does;
 // drop-path probability = drop_path_prob * e / epochs. The logged train loss is the
 // sample-weighted mean of the optimised loss (auxiliary term included), as DARTS logs it.
 #pragma once
@@ -29,6 +29,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -43,6 +44,7 @@
 #include "tnas/ops/elementwise.hpp"
 #include "tnas/ops/loss.hpp"
 #include "tnas/ops/reduce.hpp"
+#include "tnas/optim/adam.hpp"
 #include "tnas/optim/clip.hpp"
 #include "tnas/optim/schedule.hpp"
 #include "tnas/optim/sgd.hpp"
@@ -51,12 +53,21 @@
 
 namespace tnas::train {
 
+// The optimizer of a fit: DARTS' SGD with momentum, or Adam (binary networks train better
+// with it: its per-parameter step size suits latent weights whose sign is all that counts).
+enum class FitOptimizer { sgd, adam };
+inline const char* to_string(FitOptimizer o) {
+  return o == FitOptimizer::sgd ? "sgd" : "adam";
+}
+
 struct FitOptions {
   int epochs = 600;         // DARTS: 600 on CIFAR-10
   int64_t batch_size = 96;  // DARTS: 96
   double lr = 0.025;        // initial lr of the cosine schedule
   double lr_min = 0;        // eta_min
-  double momentum = 0.9;
+  double momentum = 0.9;    // SGD only
+  FitOptimizer optimizer = FitOptimizer::sgd;
+  double adam_beta1 = 0.9, adam_beta2 = 0.999;  // Adam only
   double weight_decay = 3e-4;
   bool nesterov = false;
   double grad_clip = 5;           // max global gradient norm; 0: no clipping
@@ -180,7 +191,7 @@ inline std::string encode(double v) {
 }
 
 inline void save_fit_checkpoint(const std::filesystem::path& path, const nn::Module& model,
-                                const optim::SGD& opt, const optim::CosineAnnealingLR& sched,
+                                const optim::Optimizer& opt, const optim::CosineAnnealingLR& sched,
                                 DartsNetwork* darts, const FitOptions& o, const FitState& s) {
   io::Archive a;
   for (auto& [k, t] : model.state_dict()) a.tensors.emplace_back("model." + k, t);
@@ -192,6 +203,7 @@ inline void save_fit_checkpoint(const std::filesystem::path& path, const nn::Mod
   a.meta["fit.seed"] = std::to_string(o.seed);
   a.meta["fit.epochs"] = std::to_string(o.epochs);
   a.meta["fit.batch_size"] = std::to_string(o.batch_size);
+  a.meta["fit.optimizer"] = to_string(o.optimizer);
   a.meta["fit.epoch"] = std::to_string(s.epoch);
   a.meta["fit.step"] = std::to_string(s.step);
   a.meta["fit.position"] = std::to_string(s.position);
@@ -211,7 +223,8 @@ inline void save_fit_checkpoint(const std::filesystem::path& path, const nn::Mod
 // Restores model, optimizer and generator state from `path`; returns where the run stood.
 // Every error names the file.
 inline FitState load_fit_checkpoint(const std::filesystem::path& path, nn::Module& model,
-                                    optim::SGD& opt, DartsNetwork* darts, const FitOptions& o) {
+                                    optim::Optimizer& opt, DartsNetwork* darts,
+                                    const FitOptions& o) {
   const std::string p = path.string();
   io::Archive a = io::read(path);  // names the file on every failure
   try {
@@ -225,6 +238,8 @@ inline FitState load_fit_checkpoint(const std::filesystem::path& path, nn::Modul
     expect("fit.seed", std::to_string(o.seed), "seed");
     expect("fit.epochs", std::to_string(o.epochs), "epochs");
     expect("fit.batch_size", std::to_string(o.batch_size), "batch_size");
+    if (a.meta.count("fit.optimizer") || o.optimizer != FitOptimizer::sgd)  // older: SGD
+      expect("fit.optimizer", to_string(o.optimizer), "optimizer");
     FitState s;
     s.epoch = std::stoi(a.meta_at("fit.epoch"));
     s.step = std::stoll(a.meta_at("fit.step"));
@@ -280,10 +295,20 @@ inline FitResult fit(nn::Module& model, const data::Dataset& train, const data::
   const bool use_aux = darts && darts->has_auxiliary() && o.auxiliary_weight > 0;
 
   std::vector<Tensor> params = model.parameters();
-  optim::SGD opt(params, optim::SGDOptions{.lr = o.lr,
-                                           .momentum = o.momentum,
-                                           .weight_decay = o.weight_decay,
-                                           .nesterov = o.nesterov});
+  std::unique_ptr<optim::Optimizer> opt_owner;
+  if (o.optimizer == FitOptimizer::adam)
+    opt_owner =
+        std::make_unique<optim::Adam>(params, optim::AdamOptions{.lr = o.lr,
+                                                                 .beta1 = o.adam_beta1,
+                                                                 .beta2 = o.adam_beta2,
+                                                                 .weight_decay = o.weight_decay});
+  else
+    opt_owner =
+        std::make_unique<optim::SGD>(params, optim::SGDOptions{.lr = o.lr,
+                                                               .momentum = o.momentum,
+                                                               .weight_decay = o.weight_decay,
+                                                               .nesterov = o.nesterov});
+  optim::Optimizer& opt = *opt_owner;
   optim::CosineAnnealingLR sched(opt, o.epochs, o.lr_min);
   data::DataLoader loader(train, {.batch_size = o.batch_size,
                                   .shuffle = true,
