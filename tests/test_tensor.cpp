@@ -48,7 +48,7 @@ TEST_CASE("contiguous() of strided views matches an element-by-element gather") 
   const Shape base{3, 5, 4, 6};
   std::vector<double> v(size_t(base.numel()));
   for (size_t i = 0; i < v.size(); ++i) v[i] = double(i) * 0.5 - 7;
-  Tensor a = Tensor::from(v, base);
+  Tensor a = Tensor::from(std::span<const double>(v), base);
   struct View {
     Shape shape;
     Strides strides;
