@@ -267,6 +267,16 @@ struct TempDir {
   ~TempDir() { fs::remove_all(path); }
 };
 
+// How many tensors of a's state dict differ from b's (same names and order required).
+size_t differing_tensors(const nn::Module& a, const nn::Module& b) {
+  auto mine = a.state_dict(), theirs = b.state_dict();
+  REQUIRE(mine.size() == theirs.size());
+  size_t differ = 0;
+  for (size_t i = 0; i < mine.size(); ++i)
+    differ += max_abs_diff(mine[i].second, theirs[i].second) != 0;
+  return differ;
+}
+
 train::DartsNetwork tiny_darts(bool aux) {
   return train::DartsNetwork(darts_v2(), {.in_channels = 1,
                                           .channels = 4,
@@ -349,12 +359,7 @@ TEST_CASE("fit: a resumed run ends bit for bit where the uninterrupted one does"
     CHECK(r.history.size() == 2);
     CHECK(r.history.back().train_loss == a.history.back().train_loss);
     CHECK(r.eval_loss == a.eval_loss);
-    auto mine = net.state_dict(), theirs = straight.state_dict();
-    REQUIRE(mine.size() == theirs.size());
-    size_t differ = 0;
-    for (size_t i = 0; i < mine.size(); ++i)
-      differ += max_abs_diff(mine[i].second, theirs[i].second) != 0;
-    CHECK(differ == 0);
+    CHECK(differing_tensors(net, straight) == 0);
     const auto w = net.state_dict().back().second.to_vector();  // classifier.bias
     const auto w0 = straight.state_dict().back().second.to_vector();
     CHECK(std::memcmp(w.data(), w0.data(), w.size() * sizeof(double)) == 0);
@@ -436,12 +441,7 @@ TEST_CASE("fit with Adam: learns, resumes bit for bit, and a resume with SGD is 
   train::FitResult r2 = train::fit(second, tr, te, o2);
   CHECK(r2.resumed);
   CHECK(r2.history.back().train_loss == a.history.back().train_loss);
-  auto mine = second.state_dict(), theirs = straight.state_dict();
-  REQUIRE(mine.size() == theirs.size());
-  size_t differ = 0;
-  for (size_t i = 0; i < mine.size(); ++i)
-    differ += max_abs_diff(mine[i].second, theirs[i].second) != 0;
-  CHECK(differ == 0);
+  CHECK(differing_tensors(second, straight) == 0);
 }
 
 TEST_CASE("fit: a corrupt or mismatched checkpoint is an error naming the file") {

@@ -55,10 +55,8 @@ namespace tnas::train {
 
 // The optimizer of a fit: DARTS' SGD with momentum, or Adam (binary networks train better
 // with it: its per-parameter step size suits latent weights whose sign is all that counts).
+// The checkpoint's optimizer state names its kind; resuming with the other one is an error.
 enum class FitOptimizer { sgd, adam };
-inline const char* to_string(FitOptimizer o) {
-  return o == FitOptimizer::sgd ? "sgd" : "adam";
-}
 
 struct FitOptions {
   int epochs = 600;         // DARTS: 600 on CIFAR-10
@@ -203,7 +201,6 @@ inline void save_fit_checkpoint(const std::filesystem::path& path, const nn::Mod
   a.meta["fit.seed"] = std::to_string(o.seed);
   a.meta["fit.epochs"] = std::to_string(o.epochs);
   a.meta["fit.batch_size"] = std::to_string(o.batch_size);
-  a.meta["fit.optimizer"] = to_string(o.optimizer);
   a.meta["fit.epoch"] = std::to_string(s.epoch);
   a.meta["fit.step"] = std::to_string(s.step);
   a.meta["fit.position"] = std::to_string(s.position);
@@ -238,8 +235,6 @@ inline FitState load_fit_checkpoint(const std::filesystem::path& path, nn::Modul
     expect("fit.seed", std::to_string(o.seed), "seed");
     expect("fit.epochs", std::to_string(o.epochs), "epochs");
     expect("fit.batch_size", std::to_string(o.batch_size), "batch_size");
-    if (a.meta.count("fit.optimizer") || o.optimizer != FitOptimizer::sgd)  // older: SGD
-      expect("fit.optimizer", to_string(o.optimizer), "optimizer");
     FitState s;
     s.epoch = std::stoi(a.meta_at("fit.epoch"));
     s.step = std::stoll(a.meta_at("fit.step"));
