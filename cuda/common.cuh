@@ -120,4 +120,13 @@ void softmax_backward(int64_t rows, int64_t cols, const float* g, const float* y
 void cross_entropy_forward(int64_t B, int64_t K, const float* x, const int32_t* labels, float* loss,
                            float* dlogits);
 
+using backend::AdamStep;
+using backend::SgdStep;
+void sgd_step(int n, const int64_t* numel, float* const* p, const float* const* g,
+              float* const* buf, const uint8_t* first, const SgdStep& a);
+void adam_step(int n, const int64_t* numel, float* const* p, const float* const* g, float* const* m,
+               float* const* v, const float* step_size, const float* bc2, const AdamStep& a);
+void sum_squares(int n, const int64_t* numel, const float* const* x, float* out);
+void clip_scale(int n, const int64_t* numel, float* const* x, const float* sumsq, float max_norm);
+
 }  // namespace tnas::cuda::detail

@@ -111,7 +111,7 @@ extern "C" void tnas_cuda_register() {
   h.convert = convert;
   h.accumulate = accumulate;
 
-  static_assert(backend::kKernelCount == 26,
+  static_assert(backend::kKernelCount == 30,
                 "backend::Kernels changed: register the new kernels here");
   backend::Kernels& k = backend::kernels(Device::cuda);
   k.unary = unary;
@@ -140,4 +140,8 @@ extern "C" void tnas_cuda_register() {
   k.cross_entropy_forward = cross_entropy_forward;
   k.xnor_conv2d = xnor_conv2d;
   k.xnor_gemm = xnor_gemm;
+  k.sgd_step = sgd_step;
+  k.adam_step = adam_step;
+  k.sum_squares = sum_squares;
+  k.clip_scale = clip_scale;
 }

@@ -240,3 +240,112 @@ TEST_CASE("cuda: a missing kernel names the op and the device") {
   Tensor x = rnd({2, 3}, 90).to(DType::f64).to(Device::cuda);
   CHECK(testing::throws_with([&] { softmax(x); }, {"softmax", "cuda", "float32"}));
 }
+
+namespace {
+// Parameters of odd sizes (one over a launch's chunk, many more than a launch's list) with
+// gradients, on the CPU and as CUDA copies.
+struct ParamSet {
+  V cpu, dev;
+  explicit ParamSet(int n, uint64_t seed) {
+    for (int i = 0; i < n; ++i) {
+      const int64_t len = i == 0 ? 5003 : 1 + (i * 37) % 97;
+      Tensor p = rnd({len}, seed + 2 * uint64_t(i));
+      cpu.push_back(p.clone().set_requires_grad());
+      dev.push_back(p.to(Device::cuda).set_requires_grad());
+    }
+  }
+  void set_grads(uint64_t seed, double scale = 1.0) {
+    for (size_t i = 0; i < cpu.size(); ++i) {
+      if (i % 7 == 3) continue;  // some parameters have no gradient this step
+      Tensor g = rnd(cpu[i].shape(), seed + i, scale);
+      cpu[i].set_grad(g);
+      dev[i].set_grad(g.to(Device::cuda));
+    }
+  }
+  double max_diff() const {
+    double d = 0;
+    for (size_t i = 0; i < cpu.size(); ++i) d = std::max(d, max_abs_diff(cpu[i], dev[i].cpu()));
+    return d;
+  }
+};
+}  // namespace
+
+TEST_CASE("cuda: fused SGD and Adam steps equal the CPU updates") {
+  SKIP_WITHOUT_GPU();
+  for (bool nesterov : {false, true}) {
+    INFO("nesterov ", nesterov);
+    ParamSet ps(90, 100);
+    optim::SGDOptions o{.lr = 0.05, .momentum = 0.9, .weight_decay = 3e-4, .nesterov = nesterov};
+    optim::SGD sc(ps.cpu, o), sd(ps.dev, o);
+    for (int s = 0; s < 4; ++s) {
+      ps.set_grads(200 + 100 * uint64_t(s));
+      poison({5003, 97});
+      sc.step();
+      sd.step();
+    }
+    CHECK(ps.max_diff() < 1e-5);
+  }
+  ParamSet ps(90, 300);
+  optim::AdamOptions o{.lr = 3e-3, .beta1 = 0.5, .beta2 = 0.999, .weight_decay = 1e-3};
+  optim::Adam ac(ps.cpu, o), ad(ps.dev, o);
+  for (int s = 0; s < 5; ++s) {
+    ps.set_grads(400 + 100 * uint64_t(s));
+    ac.step();
+    ad.step();
+  }
+  CHECK(ps.max_diff() < 1e-5);
+  // The state saved from the device restores on the CPU, and vice versa.
+  optim::Adam back(ps.cpu, o);
+  back.load_state(ad.state());
+  CHECK(back.param_state(0).step == ad.param_state(0).step);
+}
+
+TEST_CASE("cuda: gradient clipping on the device, with and without clipping, and NaN") {
+  SKIP_WITHOUT_GPU();
+  for (double scale : {0.01, 3.0}) {
+    INFO("gradient scale ", scale);
+    ParamSet ps(60, 500);
+    ps.set_grads(600, scale);
+    const double nc = optim::clip_grad_norm(ps.cpu, 5.0);
+    const double nd = optim::clip_grad_norm(ps.dev, 5.0);
+    CHECK(std::abs(nc - nd) <= 1e-5 * nc);
+    for (size_t i = 0; i < ps.cpu.size(); ++i)
+      if (ps.cpu[i].grad().defined())
+        CHECK(max_abs_diff(ps.cpu[i].grad(), ps.dev[i].grad().cpu()) < 1e-6);
+  }
+  ParamSet ps(10, 700);
+  ps.set_grads(800, 10.0);
+  Tensor g = ps.dev[1].grad().cpu();
+  g.data<float>()[3] = std::numeric_limits<float>::quiet_NaN();
+  ps.dev[1].set_grad(g.to(Device::cuda));
+  const Tensor before = ps.dev[0].grad().cpu();
+  CHECK(!std::isfinite(optim::clip_grad_norm(ps.dev, 1.0)));
+  CHECK(max_abs_diff(before, ps.dev[0].grad().cpu()) == 0);
+}
+
+TEST_CASE("cuda: a DARTS search step gives the CPU's loss on the same weights and batch") {
+  SKIP_WITHOUT_GPU();
+  for (bool second_order : {false, true}) {
+    INFO("second order ", second_order);
+    search::SupernetConfig cfg{.in_channels = 3, .channels = 8, .cells = 3, .classes = 10};
+    search::Supernet<space::Darts> nc(cfg), nd(cfg);
+    nd.to(Device::cuda);
+    CHECK(nd.arch_parameters()[0].device() == Device::cuda);
+    search::DartsOptions o{.second_order = second_order, .batch = 6, .verbose = false};
+    search::Darts dc(nc, o), dd(nd, o);
+    Rng rng(11);
+    data::Batch bt, bv;
+    bt.x = Tensor::randn({6, 3, 12, 12}, rng);
+    bv.x = Tensor::randn({6, 3, 12, 12}, rng);
+    for (int i = 0; i < 6; ++i) bt.labels.push_back(i % 10), bv.labels.push_back((i * 3) % 10);
+    for (int s = 0; s < 3; ++s) {
+      const auto [lc, ac] = dc.step(bt, bv, true);
+      const auto [ld, ad] = dd.step(bt, bv, true);
+      INFO("step ", s);
+      CHECK(std::abs(lc - ld) <= 1e-4 * std::abs(lc));
+      CHECK(ac == ad);
+    }
+    CHECK(max_abs_diff(nc.alpha_normal(), nd.alpha_normal().cpu()) < 1e-4);
+    CHECK(nc.genotype().str() == nd.genotype().str());
+  }
+}

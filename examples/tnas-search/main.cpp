@@ -17,6 +17,9 @@
 #include <nlohmann/json.hpp>
 
 #include "tnas/tnas.hpp"
+#ifdef TNAS_HAVE_CUDA
+#include "tnas/backend/cuda/cuda.hpp"
+#endif
 
 using namespace tnas;
 
@@ -83,6 +86,19 @@ double temperature(const Args& a) {
   return a.temperature > 0 ? a.temperature : a.strategy == "bats" ? 0.5 : 1.0;
 }
 
+// The device of --device, checked: cuda needs a build with the CUDA backend and a GPU.
+Device device_of(const Args& a) {
+  if (a.device == "cpu") return Device::cpu;
+#ifdef TNAS_HAVE_CUDA
+  TNAS_CHECK(cuda::available(), "tnas-search: --device cuda: no CUDA device is usable here (",
+             cuda::device_count(), " device(s) found)");
+  return Device::cuda;
+#else
+  TNAS_FAIL("tnas-search: --device ", a.device,
+            " needs the CUDA backend, which this build does not have (configure with CUDA)");
+#endif
+}
+
 // Seconds per step of `step`, from a few timed steps after one warm-up.
 template <class F>
 double time_steps(F&& step, int n = 3) {
@@ -141,7 +157,9 @@ auto run_search(const Args& a, const data::Dataset& train_all, const std::filesy
                               .cells = a.cells,
                               .classes = train_all.num_classes,
                               .seed = a.seed};
+  const Device dev = device_of(a);
   search::Supernet<Space> net(scfg);
+  net.to(dev);
   const search::MixingConfig mixing{search::Mixing::softmax, temperature(a)};
   if constexpr (requires { net.set_mixing(mixing); }) net.set_mixing(mixing);
   search::DartsOptions dopt{.second_order = a.second_order,
@@ -155,6 +173,7 @@ auto run_search(const Args& a, const data::Dataset& train_all, const std::filesy
   if (search_epochs <= 0) {
     // Plan the search to fill its share of the budget (the cosine schedule then ends on time).
     search::Supernet<Space> probe(scfg);
+    probe.to(dev);
     if constexpr (requires { probe.set_mixing(mixing); }) probe.set_mixing(mixing);
     search::Darts<search::Supernet<Space>> pd(probe, dopt);
     data::Batch bt = first_batch(halves.train, a.batch), bv = first_batch(halves.valid, a.batch);
@@ -210,7 +229,9 @@ nlohmann::json run(const Args& a, const data::Dataset& train_all, const data::Da
     std::fprintf(stderr, "search done in %.0fs: %s\n", search_seconds, g.str().c_str());
 
   // ---- retrain the found architecture from scratch ------------------------------------------
+  const Device dev = device_of(a);
   EvalNet model(g, eval_cfg);
+  model.to(dev);
   train::FitOptions fopt;
   fopt.batch_size = a.train_batch;
   const bool adam = a.train_optimizer.empty() ? a.strategy == "bats" : a.train_optimizer == "adam";
@@ -234,8 +255,10 @@ nlohmann::json run(const Args& a, const data::Dataset& train_all, const data::Da
     optim::SGD sgd(model.parameters(), {.lr = 1e-9});
     const double sps = time_steps([&] {
       sgd.zero_grad();
-      backward(cross_entropy(model.forward(b.x), b.labels));
+      Tensor loss = cross_entropy(model.forward(b.x.to(dev)), b.labels);
+      backward(loss);
       sgd.step();
+      (void)loss.item();  // on a device: wait for the step, so the timing is the step's
     });
     // Reserve time for the final test evaluation (about a tenth of a training epoch).
     const double usable = left * 0.92;
@@ -354,8 +377,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
-    TNAS_CHECK(a.device == "cpu", "tnas-search: --device ", a.device,
-               " needs the CUDA backend, which this build does not have");
+    (void)device_of(a);  // an unusable --device fails here, before the data is read
     const double t0 = train::Progress::now();
     data::Dataset train_all = data::load_idx_dataset(a.data, "train");
     data::Dataset test = data::load_idx_dataset(a.data, "t10k");

@@ -38,6 +38,16 @@ struct View {
   int64_t stride[kMaxDims] = {};
 };
 
+// Hyperparameters of the fused optimizer updates (optim/sgd.hpp and optim/adam.hpp give the
+// rules; float32 as the parameters).
+struct SgdStep {
+  float lr, momentum, dampening, weight_decay;
+  bool nesterov;
+};
+struct AdamStep {
+  float beta1, beta2, eps, weight_decay;
+};
+
 enum class UnaryOp : uint8_t { relu, sigmoid, tanh, exp, log, square, sign_ste, scale, add_scalar };
 // neg_div: -a / b (the factor of d(a/b)/db).
 enum class BinaryOp : uint8_t { add, sub, mul, div, neg_div };
@@ -130,10 +140,28 @@ struct Kernels {
   // C[m, n] = sum_k sgn(A[m, k]) * sgn(B[n, k]); A [M, K] and B [N, K] row-major, C [M, N].
   void (*xnor_gemm)(int64_t M, int64_t N, int64_t K, const float* A, const float* B,
                     float* C) = nullptr;
+
+  // ---- updates over a list of tensors (float32): one pass over all of them, no host reads --
+  // A list is n tensors of numel[i] elements; the arrays are host memory, the pointers device
+  // memory (read when the kernels run, so the arrays may be freed on return).
+  // SGD: buf[i] null when momentum is 0; first[i] != 0 on a momentum buffer's first step.
+  void (*sgd_step)(int n, const int64_t* numel, float* const* p, const float* const* g,
+                   float* const* buf, const uint8_t* first, const SgdStep& a) = nullptr;
+  // Adam, with step_size[i] = lr / (1 - beta1^t_i) and bc2[i] = sqrt(1 - beta2^t_i) (host).
+  void (*adam_step)(int n, const int64_t* numel, float* const* p, const float* const* g,
+                    float* const* m, float* const* v, const float* step_size, const float* bc2,
+                    const AdamStep& a) = nullptr;
+  // out[0] (device) = the sum of x^2 over every element of every tensor, accumulated in double
+  // in a fixed order (the same bits on every run).
+  void (*sum_squares)(int n, const int64_t* numel, const float* const* x, float* out) = nullptr;
+  // Gradient clipping without reading the norm on the host: with c = max_norm / (sqrt(sumsq[0])
+  // + 1e-6) (sumsq device memory), every x is scaled by c when c < 1 and sumsq is finite.
+  void (*clip_scale)(int n, const int64_t* numel, float* const* x, const float* sumsq,
+                     float max_norm) = nullptr;
 };
 // The number of kernel slots; change it together with the table (and the backends' register
 // functions, which static_assert against it).
-inline constexpr size_t kKernelCount = 26;
+inline constexpr size_t kKernelCount = 30;
 static_assert(
     sizeof(Kernels) == kKernelCount * sizeof(void*),
     "backend::Kernels changed: update kKernelCount and every backend's register function");

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -167,16 +168,33 @@ class Module {
   // Converts every parameter and buffer to dtype `t` in place: e.g. float64 for gradient
   // checks. Gradients are dropped (they would have the old dtype).
   Module& to(DType t) {
-    for_each_tensor([t](Tensor& x) {
+    auto f = [t](Tensor& x) {
       if (x.dtype() != t) replace_storage(x, x.to(t));
-    });
+    };
+    for_each_tensor(f);
+    for_each_extra(f);
     return *this;
   }
+  // Moves every parameter, buffer and extra tensor (extra_tensors()) to device d, in place:
+  // handles held elsewhere (an optimizer's) follow. Gradients are dropped.
   Module& to(Device d) {
-    for_each_tensor([d](Tensor& x) {
+    auto f = [d](Tensor& x) {
       if (x.device() != d) replace_storage(x, x.to(d));
-    });
+    };
+    for_each_tensor(f);
+    for_each_extra(f);
     return *this;
+  }
+  // The device of the first parameter or buffer (the CPU for a module without any): where
+  // inputs must be for forward().
+  Device device() {
+    Device d = Device::cpu;
+    bool found = false;
+    for_each_tensor([&](Tensor& x) {
+      if (!found) d = x.device();
+      found = true;
+    });
+    return d;
   }
 
   // ---- state -------------------------------------------------------------------------------
@@ -234,6 +252,9 @@ class Module {
  protected:
   // Lets subclasses give a name built after member initialisation.
   void set_name(std::string n) { name_ = std::move(n); }
+  // Tensors a subclass keeps outside its parameters and buffers (a supernet's architecture
+  // parameters): to(DType) and to(Device) convert and move them with the rest.
+  virtual void extra_tensors(const std::function<void(Tensor&)>&) {}
 
  private:
   void check_new_name(const std::string& n, const char* what) const {
@@ -268,6 +289,10 @@ class Module {
       out.emplace_back(prefix + n, m);
       m->collect_modules(out, seen, prefix + n + ".");
     }
+  }
+  void for_each_extra(const std::function<void(Tensor&)>& f) {
+    extra_tensors(f);
+    for (auto& [n, m] : children_) m->for_each_extra(f);
   }
   template <class F>
   void for_each_tensor(F&& f) {

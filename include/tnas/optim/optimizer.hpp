@@ -3,8 +3,9 @@
 // represents: an update rule over a fixed list of parameter tensors (handles: the optimizer
 //   updates the caller's tensors in place), with per-parameter state (up to two buffers and a
 //   step count) and a learning rate that schedules change between steps.
-// requires: parameters are distinct, contiguous CPU tensors (the CUDA backend will add its own
-//   update kernels); a gradient, when present, has its parameter's shape and dtype.
+// requires: parameters are distinct, contiguous tensors, all on one device (the CPU updates them
+//   inline; other devices with their backend's fused kernels, one launch for all parameters);
+//   a gradient, when present, has its parameter's shape, dtype and device.
 // ensures: step() touches only parameters that have a gradient (so unused branches of a
 //   supernet keep their state) and records nothing on the autograd tape. state() captures
 //   everything a resumed run needs to continue bit for bit; load_state() checks that the state
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "tnas/autograd/grad_mode.hpp"
+#include "tnas/backend/registry.hpp"
 #include "tnas/core/error.hpp"
 #include "tnas/core/tensor.hpp"
 #include "tnas/io/archive.hpp"
@@ -146,29 +148,70 @@ class Optimizer {
   // Hyperparameters other than lr, saved with the state and checked on load.
   virtual std::vector<std::pair<std::string, double>> hyperparameters() const = 0;
 
+  // The device of the parameters that have a gradient (the CPU when none has one). Updates
+  // run where the parameters are; parameters on two devices are an error.
+  Device grad_device() const {
+    const Tensor* first = nullptr;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      if (!params_[i].grad().defined()) continue;
+      if (!first) first = &params_[i];
+      TNAS_CHECK(params_[i].device() == first->device(), name_, ": parameter ", i, " is on ",
+                 params_[i].device(), " but others are on ", first->device(),
+                 "; move the whole model with Module::to(device)");
+    }
+    return first ? first->device() : Device::cpu;
+  }
+
   // Calls f(p, g, state) for every parameter p that has a gradient g (contiguous), with
   // recording off.
   template <class F>
   void for_each_with_grad(F&& f) {
     NoGrad no_grad;
     for (size_t i = 0; i < params_.size(); ++i) {
-      Tensor& p = params_[i];
-      Tensor g = p.grad();
-      if (!g.defined()) continue;
-      TNAS_CHECK(p.device() == Device::cpu, name_, ": parameter ", i, " ", p.shape(), " is on ",
-                 p.device(), "; this build updates CPU tensors only");
-      TNAS_CHECK(p.is_contiguous(), name_, ": parameter ", i, " ", p.shape(), " is not contiguous");
-      TNAS_CHECK(g.shape() == p.shape() && g.dtype() == p.dtype(), name_, ": parameter ", i, " is ",
-                 p.dtype(), " ", p.shape(), " but its gradient is ", g.dtype(), " ", g.shape());
-      ParamState& s = state_[i];
-      for (auto& b : s.buf)
-        if (b.defined() && b.dtype() != p.dtype()) b = b.to(p.dtype());  // after Module::to(dtype)
-      ++s.step;
-      f(p, g.contiguous(), s);
+      Tensor g;
+      if (!prepare(i, g)) continue;
+      f(params_[i], g, state_[i]);
     }
   }
 
+  // As for_each_with_grad, but hands every (parameter, gradient, state) over at once, for
+  // the fused device updates (backend::Kernels::sgd_step and friends).
+  struct Item {
+    Tensor p, g;
+    ParamState* s;
+  };
+  template <class F>
+  void with_all_grads(F&& f) {
+    NoGrad no_grad;
+    std::vector<Item> items;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      Tensor g;
+      if (prepare(i, g)) items.push_back({params_[i], g, &state_[i]});
+    }
+    if (!items.empty()) f(items);
+  }
+
  private:
+  // Checks parameter i and its gradient, brings its buffers to the parameter's dtype and
+  // counts the step; false (nothing done) when it has no gradient.
+  bool prepare(size_t i, Tensor& g) {
+    Tensor& p = params_[i];
+    g = p.grad();
+    if (!g.defined()) return false;
+    TNAS_CHECK(p.is_contiguous(), name_, ": parameter ", i, " ", p.shape(), " is not contiguous");
+    TNAS_CHECK(g.shape() == p.shape() && g.dtype() == p.dtype() && g.device() == p.device(), name_,
+               ": parameter ", i, " is ", p.dtype(), " ", p.shape(), " on ", p.device(),
+               " but its gradient is ", g.dtype(), " ", g.shape(), " on ", g.device());
+    ParamState& s = state_[i];
+    for (auto& b : s.buf) {
+      if (b.defined() && b.dtype() != p.dtype()) b = b.to(p.dtype());     // after Module::to(dtype)
+      if (b.defined() && b.device() != p.device()) b = b.to(p.device());  // after Module::to(dev)
+    }
+    ++s.step;
+    g = g.contiguous();
+    return true;
+  }
+
   void parse_key(const std::string& key, size_t& i, size_t& b,
                  const std::vector<std::string>& names) const {
     const std::string bad = detail::cat(name_, ": unexpected tensor '", key, "' in the state");

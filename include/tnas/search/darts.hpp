@@ -97,10 +97,15 @@ inline EpochRecord record_from_json(const nlohmann::json& j) {
   r.param_free_ops = j.at("param_free_ops");
   return r;
 }
-// a += s * b over parameter lists (no autograd).
+// a += s * b over parameter lists (no autograd), on the tensors' device.
 inline void axpy(const std::vector<Tensor>& a, double s, const std::vector<Tensor>& b) {
   for (size_t i = 0; i < a.size(); ++i) {
     if (!b[i].defined()) continue;
+    if (a[i].device() != Device::cpu) {
+      NoGrad ng;
+      a[i].copy_(add(a[i], scale(b[i], s)));
+      continue;
+    }
     dispatch(a[i].dtype(), [&]<class T>() {
       T* pa = a[i].data<T>();
       const T* pb = b[i].data<T>();
@@ -150,8 +155,14 @@ class Darts {
     TNAS_CHECK(o_.epochs >= 1 && o_.batch >= 1, "Darts: epochs and batch must be >= 1");
   }
 
+  // Where the search runs: the device of the supernet's weights (move the net with
+  // net.to(Device::cuda) before constructing Darts). Batches are moved there as they come.
+  Device device() const { return w_[0].device(); }
+
   // The training loss of one batch, with the tape on.
-  Tensor loss(const data::Batch& b) { return cross_entropy(net_.forward(b.x), b.labels); }
+  Tensor loss(const data::Batch& b) {
+    return cross_entropy(net_.forward(b.x.to(device())), b.labels);
+  }
 
   // One search step: alpha on the valid batch (unless frozen), then w on the train batch.
   // Returns the train batch's loss and accuracy.
@@ -170,10 +181,14 @@ class Darts {
       }
     }
     zero_all();
-    Tensor logits = net_.forward(train.x);
+    Tensor logits = net_.forward(train.x.to(device()));
     Tensor l = cross_entropy(logits, train.labels);
     backward(l);
-    optim::clip_grad_norm(w_, o_.grad_clip);
+    // On a device the norm stays there: the step enqueues its work without waiting for it.
+    if (device() == Device::cpu)
+      optim::clip_grad_norm(w_, o_.grad_clip);
+    else
+      optim::clip_grad_norm_async(w_, o_.grad_clip);
     wopt_.step();
     if (update_alpha && o_.one_level) aopt_.step();
     auto pred = argmax_rows(logits);
@@ -191,7 +206,7 @@ class Darts {
     backward(loss(train));
     std::vector<Tensor> step = detail::grads_of(w_);
     for (size_t i = 0; i < w_.size(); ++i) {
-      if (!step[i].defined()) step[i] = Tensor::zeros(w_[i].shape(), w_[i].dtype());
+      if (!step[i].defined()) step[i] = Tensor::zeros(w_[i].shape(), w_[i].dtype(), w_[i].device());
       detail::axpy({step[i]}, o_.w_wd, {w0[i]});
       const Tensor& v = wopt_.param_state(i).buf[0];
       if (v.defined()) detail::axpy({step[i]}, o_.w_momentum, {v});
@@ -217,7 +232,8 @@ class Darts {
     detail::assign(w_, w0);
     zero_all();
     for (size_t i = 0; i < a_.size(); ++i) {
-      Tensor g = da[i].defined() ? da[i] : Tensor::zeros(a_[i].shape(), a_[i].dtype());
+      Tensor g =
+          da[i].defined() ? da[i] : Tensor::zeros(a_[i].shape(), a_[i].dtype(), a_[i].device());
       if (gp[i].defined()) detail::axpy({g}, -eta / (2 * R), {gp[i]});
       if (gn[i].defined()) detail::axpy({g}, eta / (2 * R), {gn[i]});
       a_[i].set_grad(g);
@@ -330,7 +346,7 @@ class Darts {
     nlohmann::json alphas = nlohmann::json::array();
     for (const Tensor& a : a_) {
       NoGrad ng;
-      Tensor w = mixing_weights(a, net_.mixing());
+      Tensor w = mixing_weights(a, net_.mixing()).cpu();
       nlohmann::json rows = nlohmann::json::array();
       for (int64_t e = 0; e < w.dim(0); ++e) {
         std::vector<double> row;

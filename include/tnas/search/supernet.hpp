@@ -269,6 +269,12 @@ class DartsSupernet : public nn::Module {
     return g;
   }
 
+ protected:
+  void extra_tensors(const std::function<void(Tensor&)>& f) override {
+    f(alpha_normal_);
+    f(alpha_reduce_);
+  }
+
  private:
   const std::vector<std::vector<bool>>* active_ptr(bool reduction) const {
     const auto& a = reduction ? active_reduce_ : active_normal_;
@@ -437,6 +443,9 @@ class Nb201Supernet : public nn::Module {
     }
     return g;
   }
+
+ protected:
+  void extra_tensors(const std::function<void(Tensor&)>& f) override { f(alpha_); }
 
  private:
   SupernetConfig cfg_;

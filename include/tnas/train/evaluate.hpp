@@ -30,11 +30,12 @@ inline EvalResult evaluate(nn::Module& model, const data::Dataset& ds, int64_t b
   NoGrad ng;
   data::DataLoader loader(ds, {.batch_size = batch, .shuffle = false, .drop_last = false});
   data::Batch b;
+  const Device dev = model.device();  // batches go where the model is
   EvalResult r;
   double loss_sum = 0;
   int64_t correct = 0;
   while (loader.next(b)) {
-    Tensor logits = model.forward(b.x);
+    Tensor logits = model.forward(b.x.to(dev));
     const int64_t n = int64_t(b.labels.size());
     loss_sum += cross_entropy(logits, b.labels).item() * double(n);
     auto pred = argmax_rows(logits);

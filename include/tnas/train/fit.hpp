@@ -357,6 +357,7 @@ inline FitResult fit(nn::Module& model, const data::Dataset& train, const data::
       o.epochs_this_run > 0 ? std::min(o.epochs, first_epoch + o.epochs_this_run) : o.epochs;
   bool stopped = false;
   data::Batch b;
+  const Device dev = model.device();  // batches go where the model is
   for (int epoch = first_epoch; epoch < last_epoch && !stopped; ++epoch) {
     st.epoch = epoch;
     sched.set_t(epoch);
@@ -377,7 +378,7 @@ inline FitResult fit(nn::Module& model, const data::Dataset& train, const data::
       TNAS_CHECK(loader.next(b), "train::fit: the DataLoader ended epoch ", epoch + 1, " after ",
                  st.step, " batches, expected ", per_epoch);
       opt.zero_grad();
-      Tensor logits = model.forward(b.x);
+      Tensor logits = model.forward(b.x.to(dev));
       Tensor loss = smoothed_cross_entropy(logits, b.labels, o.label_smoothing);
       if (use_aux) {
         const Tensor& aux = darts->last_aux_logits();
