@@ -117,15 +117,15 @@ void log_softmax_forward(int64_t rows, int64_t cols, const float* x, float* y);
 void log_softmax_backward(int64_t rows, int64_t cols, const float* g, const float* y, float* gx);
 void softmax_forward(int64_t rows, int64_t cols, const float* x, float* y);
 void softmax_backward(int64_t rows, int64_t cols, const float* g, const float* y, float* gx);
-void cross_entropy_forward(int64_t B, int64_t K, const float* x, const int32_t* labels, float* loss,
+void cross_entropy_forward(int64_t B, int64_t K, const float* x, const float* labels, float* loss,
                            float* dlogits);
 
 using backend::AdamStep;
 using backend::SgdStep;
 void sgd_step(int n, const int64_t* numel, float* const* p, const float* const* g,
-              float* const* buf, const uint8_t* first, const SgdStep& a);
+              float* const* buf, const uint8_t* first, const SgdStep& a, const float* lr);
 void adam_step(int n, const int64_t* numel, float* const* p, const float* const* g, float* const* m,
-               float* const* v, const float* step_size, const float* bc2, const AdamStep& a);
+               float* const* v, const AdamStep& a, const float* scalars);
 void sum_squares(int n, const int64_t* numel, const float* const* x, float* out);
 void clip_scale(int n, const int64_t* numel, float* const* x, const float* sumsq, float max_norm);
 

@@ -27,8 +27,7 @@ struct List {
   const float* g[kMaxList];
   float* b0[kMaxList];
   float* b1[kMaxList];
-  float s0[kMaxList];
-  float s1[kMaxList];
+  int index[kMaxList];  // the tensor's number in the caller's list (for `scalars`)
   uint8_t flag[kMaxList];
 };
 static_assert(sizeof(List) < 4000, "List must fit the 4 KiB kernel parameter space");
@@ -41,7 +40,7 @@ __device__ __forceinline__ int find_tensor(const List& L, int b, int64_t& base) 
   return t;
 }
 
-__global__ void sgd_kernel(const List L, SgdStep a) {
+__global__ void sgd_kernel(const List L, SgdStep a, const float* __restrict__ lr_p) {
   int64_t base;
   const int t = find_tensor(L, blockIdx.x, base);
   const int64_t end = min(L.numel[t], base + kChunk);
@@ -49,7 +48,7 @@ __global__ void sgd_kernel(const List L, SgdStep a) {
   const float* __restrict__ g = L.g[t];
   float* __restrict__ b = L.b0[t];
   const bool first = L.flag[t] != 0;
-  const float damp = 1.0f - a.dampening;
+  const float damp = 1.0f - a.dampening, lr = *lr_p;
   for (int64_t i = base + threadIdx.x; i < end; i += blockDim.x) {
     const float pi = p[i];
     float d = g[i];
@@ -59,11 +58,11 @@ __global__ void sgd_kernel(const List L, SgdStep a) {
       b[i] = bi;
       d = a.nesterov ? d + a.momentum * bi : bi;
     }
-    p[i] = pi - a.lr * d;
+    p[i] = pi - lr * d;
   }
 }
 
-__global__ void adam_kernel(const List L, AdamStep a) {
+__global__ void adam_kernel(const List L, AdamStep a, const float* __restrict__ scalars) {
   int64_t base;
   const int t = find_tensor(L, blockIdx.x, base);
   const int64_t end = min(L.numel[t], base + kChunk);
@@ -71,7 +70,7 @@ __global__ void adam_kernel(const List L, AdamStep a) {
   const float* __restrict__ g = L.g[t];
   float* __restrict__ m = L.b0[t];
   float* __restrict__ v = L.b1[t];
-  const float step_size = L.s0[t], c2 = L.s1[t];
+  const float step_size = scalars[2 * L.index[t]], c2 = scalars[2 * L.index[t] + 1];
   const float w1 = 1.0f - a.beta1, w2 = 1.0f - a.beta2;
   for (int64_t i = base + threadIdx.x; i < end; i += blockDim.x) {
     const float pi = p[i];
@@ -148,7 +147,7 @@ int for_each_group(int n, const int64_t* numel, Fill fill, Launch launch) {
     L.p[s] = nullptr;
     L.g[s] = nullptr;
     L.b0[s] = L.b1[s] = nullptr;
-    L.s0[s] = L.s1[s] = 0;
+    L.index[s] = i;
     L.flag[s] = 0;
     fill(L, s, i);
     blocks += int(nb);
@@ -168,7 +167,7 @@ int count_blocks(int n, const int64_t* numel) {
 }  // namespace
 
 void sgd_step(int n, const int64_t* numel, float* const* p, const float* const* g,
-              float* const* buf, const uint8_t* first, const SgdStep& a) {
+              float* const* buf, const uint8_t* first, const SgdStep& a, const float* lr) {
   for_each_group(
       n, numel,
       [&](List& L, int s, int i) {
@@ -177,11 +176,13 @@ void sgd_step(int n, const int64_t* numel, float* const* p, const float* const* 
         L.b0[s] = buf ? buf[i] : nullptr;
         L.flag[s] = first ? first[i] : 0;
       },
-      [&](const List& L, int blocks, int) { sgd_kernel<<<blocks, kThreads, 0, stream()>>>(L, a); });
+      [&](const List& L, int blocks, int) {
+        sgd_kernel<<<blocks, kThreads, 0, stream()>>>(L, a, lr);
+      });
 }
 
 void adam_step(int n, const int64_t* numel, float* const* p, const float* const* g, float* const* m,
-               float* const* v, const float* step_size, const float* bc2, const AdamStep& a) {
+               float* const* v, const AdamStep& a, const float* scalars) {
   for_each_group(
       n, numel,
       [&](List& L, int s, int i) {
@@ -189,11 +190,9 @@ void adam_step(int n, const int64_t* numel, float* const* p, const float* const*
         L.g[s] = g[i];
         L.b0[s] = m[i];
         L.b1[s] = v[i];
-        L.s0[s] = step_size[i];
-        L.s1[s] = bc2[i];
       },
       [&](const List& L, int blocks, int) {
-        adam_kernel<<<blocks, kThreads, 0, stream()>>>(L, a);
+        adam_kernel<<<blocks, kThreads, 0, stream()>>>(L, a, scalars);
       });
 }
 

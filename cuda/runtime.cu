@@ -31,7 +31,13 @@ void sys_free(void* p) {
   (void)cudaFree(p);
 }
 
+bool g_capturing = false;
+
 void copy(void* dst, Device dd, const void* src, Device sd, size_t bytes) {
+  TNAS_CHECK(!g_capturing || (dd == Device::cuda && sd == Device::cuda),
+             "a copy between host and device during a CUDA graph capture: copy the inputs into "
+             "device tensors before the capture and read the results after replay() "
+             "(core/graph.hpp)");
   cudaMemcpyKind kind =
       dd == Device::cuda ? (sd == Device::cuda ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
                          : cudaMemcpyDeviceToHost;
@@ -41,6 +47,36 @@ void copy(void* dst, Device dd, const void* src, Device sd, size_t bytes) {
 }
 void fill_hook(void* dst, Device, DType t, double v, size_t count) {
   fill(dst, t, v, count);
+}
+
+// Graphs: relaxed capture mode, since the caching allocator may cudaMalloc a new block for the
+// graph's private pool during capture (a call that the global mode forbids).
+void capture_begin(Device) {
+  TNAS_CHECK(!g_capturing, "CUDA graph capture: already capturing");
+  TNAS_CUDA_CHECK(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeRelaxed));
+  g_capturing = true;
+}
+void* capture_end(Device, bool abort) {
+  g_capturing = false;
+  cudaGraph_t graph = nullptr;
+  const cudaError_t e = cudaStreamEndCapture(g_stream, &graph);
+  if (abort) {
+    if (graph) (void)cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    return nullptr;
+  }
+  TNAS_CUDA_CHECK(e);
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t ie = cudaGraphInstantiate(&exec, graph, 0);
+  (void)cudaGraphDestroy(graph);
+  TNAS_CUDA_CHECK(ie);
+  return exec;
+}
+void graph_replay(void* g) {
+  TNAS_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(g), g_stream));
+}
+void graph_destroy(void* g) {
+  (void)cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(g));
 }
 }  // namespace
 
@@ -79,6 +115,7 @@ bool available() {
   return detail::g_stream != nullptr;
 }
 void synchronize() {
+  TNAS_CHECK(!detail::g_capturing, "cuda::synchronize during a CUDA graph capture");
   if (detail::g_stream) TNAS_CUDA_CHECK(cudaStreamSynchronize(detail::g_stream));
 }
 void* stream() {
@@ -110,6 +147,10 @@ extern "C" void tnas_cuda_register() {
   h.gather = gather;
   h.convert = convert;
   h.accumulate = accumulate;
+  h.capture_begin = capture_begin;
+  h.capture_end = capture_end;
+  h.graph_replay = graph_replay;
+  h.graph_destroy = graph_destroy;
 
   static_assert(backend::kKernelCount == 30,
                 "backend::Kernels changed: register the new kernels here");

@@ -55,7 +55,7 @@ __global__ void softmax_backward_kernel(int64_t rows, int64_t cols, const float*
 // One block: each warp takes rows lane-strided, keeps its partial loss, and the block sums the
 // warps' partials in warp order (deterministic).
 __global__ void cross_entropy_kernel(int64_t B, int64_t K, const float* __restrict__ x,
-                                     const int32_t* __restrict__ labels, float* __restrict__ loss,
+                                     const float* __restrict__ labels, float* __restrict__ loss,
                                      float* __restrict__ dlogits) {
   __shared__ float part[kWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -64,10 +64,12 @@ __global__ void cross_entropy_kernel(int64_t B, int64_t K, const float* __restri
   for (int64_t r = warp; r < B; r += kWarps) {
     const float* xr = x + r * K;
     const float lse = row_lse(xr, K, lane);
-    const int lab = labels[r];
+    const float lf = labels[r];
+    const bool ok = lf >= 0.f && lf < float(K);  // else NaN: a bad label is seen in the loss
+    const int64_t lab = ok ? int64_t(lf) : 0;
     for (int64_t c = lane; c < K; c += 32)
-      dlogits[r * K + c] = (expf(xr[c] - lse) - (c == lab ? 1.f : 0.f)) * invB;
-    acc += lse - xr[lab];
+      dlogits[r * K + c] = ok ? (expf(xr[c] - lse) - (c == lab ? 1.f : 0.f)) * invB : nanf("");
+    acc += ok ? lse - xr[lab] : nanf("");
   }
   if (lane == 0) part[warp] = acc;
   __syncthreads();
@@ -106,16 +108,10 @@ void softmax_backward(int64_t rows, int64_t cols, const float* g, const float* y
       <<<row_blocks(rows), 32 * kWarps, 0, stream()>>>(rows, cols, g, y, gx);
   TNAS_CUDA_LAUNCHED();
 }
-void cross_entropy_forward(int64_t B, int64_t K, const float* x, const int32_t* labels, float* loss,
+void cross_entropy_forward(int64_t B, int64_t K, const float* x, const float* labels, float* loss,
                            float* dlogits) {
-  // The labels go to the device through a stream-ordered scratch block; a pageable-memory
-  // cudaMemcpyAsync has staged them by the time it returns, so the caller may free them.
-  const size_t bytes = size_t(B) * sizeof(int32_t);
-  auto* dl = static_cast<int32_t*>(scratch_alloc(bytes));
-  TNAS_CUDA_CHECK(cudaMemcpyAsync(dl, labels, bytes, cudaMemcpyHostToDevice, stream()));
-  cross_entropy_kernel<<<1, 32 * kWarps, 0, stream()>>>(B, K, x, dl, loss, dlogits);
+  cross_entropy_kernel<<<1, 32 * kWarps, 0, stream()>>>(B, K, x, labels, loss, dlogits);
   TNAS_CUDA_LAUNCHED();
-  scratch_free(dl, bytes);
 }
 
 }  // namespace tnas::cuda::detail

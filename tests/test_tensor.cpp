@@ -94,6 +94,45 @@ TEST_CASE("caching allocator reuses freed blocks") {
   CHECK(size_class(100000) <= 125000);
 }
 
+TEST_CASE("caching allocator: a private pool keeps its blocks to itself until released") {
+  // A local allocator over malloc/free, so the counts are this test's own.
+  CachingAllocator a([](size_t n) { return std::malloc(n); }, [](void* p) { std::free(p); });
+  void* outside = a.allocate(1000);
+  a.deallocate(outside, 1000);  // cached in the general lists
+  const int pool = a.begin_pool();
+  CHECK_THROWS_AS(a.begin_pool(), Error);  // no nesting
+  void* in1 = a.allocate(1000);
+  CHECK(in1 == outside);  // the pool may take from the general cache...
+  void* in2 = a.allocate(1000);
+  a.deallocate(in2, 1000);
+  void* in3 = a.allocate(1000);
+  CHECK(in3 == in2);  // ...and reuses its own blocks while active
+  a.end_pool();
+  a.deallocate(in1, 1000);  // freed after the capture: back to the pool, not to the world
+  a.deallocate(in3, 1000);
+  void* after = a.allocate(1000);
+  CHECK(after != in1);
+  CHECK(after != in3);
+  a.deallocate(after, 1000);
+  const size_t sys = a.stats().system_allocs;
+  a.release_pool(pool);  // the graph is gone: its blocks serve everyone again
+  void* x = a.allocate(1000);
+  void* y = a.allocate(1000);
+  void* z = a.allocate(1000);
+  CHECK(a.stats().system_allocs == sys);  // all three from the cache
+  for (void* p : {x, y, z}) a.deallocate(p, 1000);
+  CHECK(a.stats().live_bytes == 0);
+  // The CPU allocator of the library has pools too; an allocator without them says so.
+  struct Plain : Allocator {
+    void* allocate(size_t) override { return nullptr; }
+    void deallocate(void*, size_t) override {}
+    AllocatorStats stats() const override { return {}; }
+    void reset_peak() override {}
+    void release_cache() override {}
+  } plain;
+  CHECK(testing::throws_with([&] { plain.begin_pool(); }, {"no private pools"}));
+}
+
 TEST_CASE("rng is reproducible and its state restores") {
   Rng a(42), b(42);
   for (int i = 0; i < 10; ++i) CHECK(a.next_u64() == b.next_u64());

@@ -45,6 +45,7 @@ struct Args {
   std::string out = "tnas-out";
   bool resume = false;
   std::string device = "cpu";
+  bool device_graph = false;
   bool quiet = false;
   double temperature = 0;             // softmax temperature of alpha; 0: 1 for darts, 0.5 for bats
   double binary_weight_share = 0.4;   // bats: share of the retraining with binarised weights
@@ -167,7 +168,8 @@ auto run_search(const Args& a, const data::Dataset& train_all, const std::filesy
                             .out_dir = out / "search",
                             .resume = a.resume,
                             .verbose = !a.quiet,
-                            .seed = a.seed};
+                            .seed = a.seed,
+                            .device_graph = a.device_graph && dev != Device::cpu};
   const int64_t steps_per_epoch = halves.train.size() / a.batch;
   int search_epochs = a.epochs;
   if (search_epochs <= 0) {
@@ -373,6 +375,8 @@ int main(int argc, char** argv) {
   app.add_option("--out", a.out, "output folder (genotype, logs, checkpoints)");
   app.add_flag("--resume", a.resume, "continue from the checkpoints in --out");
   app.add_option("--device", a.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_flag("--device-graph", a.device_graph,
+               "with --device cuda: capture each search step as a CUDA graph and replay it");
   app.add_flag("--quiet", a.quiet, "no progress output");
   CLI11_PARSE(app, argc, argv);
 

@@ -4,6 +4,7 @@
 
 #include "tnas/core/allocator.hpp"
 #include "tnas/core/error.hpp"
+#include "tnas/core/graph.hpp"
 #include "tnas/core/rng.hpp"
 #include "tnas/core/shape.hpp"
 #include "tnas/core/tensor.hpp"

@@ -41,7 +41,7 @@ struct View {
 // Hyperparameters of the fused optimizer updates (optim/sgd.hpp and optim/adam.hpp give the
 // rules; float32 as the parameters).
 struct SgdStep {
-  float lr, momentum, dampening, weight_decay;
+  float momentum, dampening, weight_decay;
   bool nesterov;
 };
 struct AdamStep {
@@ -127,8 +127,9 @@ struct Kernels {
   void (*softmax_backward)(int64_t rows, int64_t cols, const float* g, const float* y,
                            float* gx) = nullptr;
   // loss[0] = mean_i -log softmax(x_i)[labels[i]] and dlogits = (softmax(x) - onehot) / B, so
-  // backward is dlogits * g with no host synchronisation. labels is host memory [B].
-  void (*cross_entropy_forward)(int64_t B, int64_t K, const float* x, const int32_t* labels,
+  // backward is dlogits * g with no host synchronisation. labels is device memory [B]: class
+  // indices as floats; one outside [0, K) makes the loss and its row of dlogits NaN.
+  void (*cross_entropy_forward)(int64_t B, int64_t K, const float* x, const float* labels,
                                 float* loss, float* dlogits) = nullptr;
 
   // ---- binary (XNOR / popcount) convolution and GEMM: float32 in, float32 out --------------
@@ -144,13 +145,18 @@ struct Kernels {
   // ---- updates over a list of tensors (float32): one pass over all of them, no host reads --
   // A list is n tensors of numel[i] elements; the arrays are host memory, the pointers device
   // memory (read when the kernels run, so the arrays may be freed on return).
-  // SGD: buf[i] null when momentum is 0; first[i] != 0 on a momentum buffer's first step.
+  // The values that change from step to step are read from device memory (`lr`, `scalars`),
+  // so a captured step replays with the values staged before each replay.
+  // SGD: buf[i] null when momentum is 0; first[i] != 0 on a momentum buffer's first step;
+  // lr device memory [1].
   void (*sgd_step)(int n, const int64_t* numel, float* const* p, const float* const* g,
-                   float* const* buf, const uint8_t* first, const SgdStep& a) = nullptr;
-  // Adam, with step_size[i] = lr / (1 - beta1^t_i) and bc2[i] = sqrt(1 - beta2^t_i) (host).
+                   float* const* buf, const uint8_t* first, const SgdStep& a,
+                   const float* lr) = nullptr;
+  // Adam: scalars device memory [2n]: step_size_i = lr / (1 - beta1^t_i), then
+  // bc2_i = sqrt(1 - beta2^t_i) for each tensor i.
   void (*adam_step)(int n, const int64_t* numel, float* const* p, const float* const* g,
-                    float* const* m, float* const* v, const float* step_size, const float* bc2,
-                    const AdamStep& a) = nullptr;
+                    float* const* m, float* const* v, const AdamStep& a,
+                    const float* scalars) = nullptr;
   // out[0] (device) = the sum of x^2 over every element of every tensor, accumulated in double
   // in a fixed order (the same bits on every run).
   void (*sum_squares)(int n, const int64_t* numel, const float* const* x, float* out) = nullptr;

@@ -16,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <unordered_map>
 #include <vector>
 
 #include "tnas/core/dtype.hpp"
@@ -44,6 +45,10 @@ class Allocator {
   virtual AllocatorStats stats() const = 0;
   virtual void reset_peak() = 0;
   virtual void release_cache() = 0;  // returns every cached block to the system
+  // Private pools for graph capture (see CachingAllocator); allocators without them say so.
+  virtual int begin_pool() { TNAS_FAIL("allocator: this allocator has no private pools"); }
+  virtual void end_pool() {}
+  virtual void release_pool(int) {}
 };
 
 // Rounds a request to its size class: multiples of 64 bytes below 4 KiB, then four classes per
@@ -63,14 +68,27 @@ class CachingAllocator : public Allocator {
   using SysAlloc = void* (*)(size_t);
   using SysFree = void (*)(void*);
   CachingAllocator(SysAlloc a, SysFree f) : sys_alloc_(a), sys_free_(f) {}
-  ~CachingAllocator() override { release_cache(); }
+  ~CachingAllocator() override {
+    std::lock_guard lock(mu_);
+    for (auto& [id, pool] : pools_)
+      for (auto& [cls, v] : pool.free)
+        for (void* p : v) free_[cls].push_back(p);
+    pools_.clear();
+    owner_.clear();
+    release_cache_locked();
+  }
 
   void* allocate(size_t bytes) override {
     size_t cls = size_class(bytes);
     std::lock_guard lock(mu_);
     void* p = nullptr;
+    Pool* pool = active_ ? &pools_.at(active_) : nullptr;
     auto it = free_.find(cls);
-    if (it != free_.end() && !it->second.empty()) {
+    if (pool && !pool->free[cls].empty()) {
+      p = pool->free[cls].back();
+      pool->free[cls].pop_back();
+      stats_.cached_bytes -= cls;
+    } else if (it != free_.end() && !it->second.empty()) {
       p = it->second.back();
       it->second.pop_back();
       stats_.cached_bytes -= cls;
@@ -84,6 +102,7 @@ class CachingAllocator : public Allocator {
                  " bytes live)");
       ++stats_.system_allocs;
     }
+    if (pool) owner_[p] = active_;
     stats_.live_bytes += cls;
     if (stats_.live_bytes > stats_.peak_bytes) stats_.peak_bytes = stats_.live_bytes;
     return p;
@@ -92,9 +111,42 @@ class CachingAllocator : public Allocator {
     if (!p) return;
     size_t cls = size_class(bytes);
     std::lock_guard lock(mu_);
-    free_[cls].push_back(p);
+    auto own = owner_.empty() ? owner_.end() : owner_.find(p);
+    if (own != owner_.end())
+      pools_.at(own->second).free[cls].push_back(p);
+    else
+      free_[cls].push_back(p);
     stats_.live_bytes -= cls;
     stats_.cached_bytes += cls;
+  }
+
+  // Private pools, for CUDA graphs. Between begin_pool() and end_pool() every block handed out
+  // belongs to the new pool: whenever it is freed, then or later, it goes back to the pool's
+  // own free lists, and only allocations made while that pool is active take from them. A
+  // captured graph writes its blocks on every replay, so none of them may ever be handed to
+  // anyone else while the graph exists. release_pool() (when the graph goes) moves the pool's
+  // free blocks to the general cache; its blocks still in use go there when freed.
+  int begin_pool() override {
+    std::lock_guard lock(mu_);
+    TNAS_CHECK(!active_, "allocator: a private pool is already active (nested graph capture)");
+    active_ = ++last_pool_;
+    pools_[active_];
+    return active_;
+  }
+  void end_pool() override {
+    std::lock_guard lock(mu_);
+    active_ = 0;
+  }
+  void release_pool(int id) override {
+    std::lock_guard lock(mu_);
+    auto it = pools_.find(id);
+    if (it == pools_.end()) return;
+    for (auto& [cls, v] : it->second.free)
+      for (void* p : v) free_[cls].push_back(p);
+    for (auto o = owner_.begin(); o != owner_.end();)
+      o = o->second == id ? owner_.erase(o) : std::next(o);
+    pools_.erase(it);
+    if (active_ == id) active_ = 0;
   }
   AllocatorStats stats() const override {
     std::lock_guard lock(mu_);
@@ -110,16 +162,25 @@ class CachingAllocator : public Allocator {
   }
 
  private:
+  // Frees the general cache (pools keep theirs: a graph may still write there).
   void release_cache_locked() {
     for (auto& [cls, v] : free_)
-      for (void* p : v) sys_free_(p);
+      for (void* p : v) {
+        sys_free_(p);
+        stats_.cached_bytes -= cls;
+      }
     free_.clear();
-    stats_.cached_bytes = 0;
   }
+  struct Pool {
+    std::map<size_t, std::vector<void*>> free;
+  };
   SysAlloc sys_alloc_;
   SysFree sys_free_;
   mutable std::mutex mu_;
   std::map<size_t, std::vector<void*>> free_;
+  std::map<int, Pool> pools_;
+  std::unordered_map<void*, int> owner_;  // blocks of live pools
+  int active_ = 0, last_pool_ = 0;        // 0: no pool
   AllocatorStats stats_;
 };
 

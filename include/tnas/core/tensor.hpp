@@ -41,6 +41,13 @@ struct DeviceHooks {
   void (*convert)(void* dst, DType dt, const void* src, DType st, size_t count) = nullptr;
   // dst[i] += src[i] for i < count, both contiguous on the same device (gradient accumulation).
   void (*accumulate)(void* dst, const void* src, DType t, size_t count) = nullptr;
+  // Graph capture (core/graph.hpp): between capture_begin and capture_end the device's work is
+  // recorded, not run; capture_end returns the graph (null when abort is set: the capture is
+  // dropped), graph_replay runs it, graph_destroy frees it.
+  void (*capture_begin)(Device d) = nullptr;
+  void* (*capture_end)(Device d, bool abort) = nullptr;
+  void (*graph_replay)(void* graph) = nullptr;
+  void (*graph_destroy)(void* graph) = nullptr;
 };
 inline DeviceHooks& device_hooks() {
   static DeviceHooks h;

@@ -117,6 +117,27 @@ inline Tensor softmax(const Tensor& x0, int axis = -1) {
   return out;
 }
 
+namespace ops::detail {
+// The device path of cross_entropy: labels is a float32 tensor of class indices on x's device.
+// The kernel leaves dlogits = (softmax(x) - onehot) / B behind, so backward is one broadcast
+// multiply by the incoming scalar, with no host synchronisation.
+inline Tensor cross_entropy_device(const Tensor& logits0, const Tensor& x, const Tensor& labels) {
+  const int64_t B = x.dim(0), K = x.dim(1);
+  Tensor lab = labels.contiguous();
+  Tensor out = Tensor::empty(Shape{}, x.dtype(), x.device());
+  Tensor dl = Tensor::empty(x.shape(), x.dtype(), x.device());
+  backend::kernel_f32("cross_entropy", x.device(), x.dtype(),
+                      &backend::Kernels::cross_entropy_forward)(
+      B, K, x.data<float>(), lab.data<float>(), out.data<float>(), dl.data<float>());
+  autograd::record("cross_entropy", out, {&logits0}, [dl](const Tensor& g) {
+    return std::vector<Tensor>{ops::detail::binary_map("cross_entropy backward",
+                                                       backend::BinaryOp::mul, dl, g,
+                                                       [](auto a, auto b) { return a * b; })};
+  });
+  return out;
+}
+}  // namespace ops::detail
+
 // Mean cross-entropy of logits [B, K] against integer labels in [0, K).
 inline Tensor cross_entropy(const Tensor& logits0, std::span<const int32_t> labels) {
   ops::detail::require_rank("cross_entropy", logits0, 2, "logits");
@@ -129,19 +150,10 @@ inline Tensor cross_entropy(const Tensor& logits0, std::span<const int32_t> labe
                " is outside [0, ", K, ")");
   Tensor x = logits0.contiguous();
   if (x.device() != Device::cpu) {
-    // The kernel leaves dlogits = (softmax(x) - onehot) / B behind, so backward is one
-    // broadcast multiply by the incoming scalar, with no host synchronisation.
-    Tensor out = Tensor::empty(Shape{}, x.dtype(), x.device());
-    Tensor dl = Tensor::empty(x.shape(), x.dtype(), x.device());
-    backend::kernel_f32("cross_entropy", x.device(), x.dtype(),
-                        &backend::Kernels::cross_entropy_forward)(
-        B, K, x.data<float>(), labels.data(), out.data<float>(), dl.data<float>());
-    autograd::record("cross_entropy", out, {&logits0}, [dl](const Tensor& g) {
-      return std::vector<Tensor>{ops::detail::binary_map("cross_entropy backward",
-                                                         backend::BinaryOp::mul, dl, g,
-                                                         [](auto a, auto b) { return a * b; })};
-    });
-    return out;
+    Tensor lab = Tensor::empty({B}, DType::f32);
+    float* pl = lab.data<float>();
+    for (int64_t i = 0; i < B; ++i) pl[i] = float(labels[size_t(i)]);
+    return ops::detail::cross_entropy_device(logits0, x, lab.to(x.device()));
   }
   Tensor logp = Tensor::empty(x.shape(), x.dtype(), x.device());
   Tensor out = Tensor::empty(Shape{}, x.dtype(), x.device());
@@ -169,6 +181,31 @@ inline Tensor cross_entropy(const Tensor& logits0, std::span<const int32_t> labe
     });
   }
   return out;
+}
+
+// The same with the labels as a tensor [B] of class indices (float32; integer values): on the
+// CPU they are checked and converted; on the logits' device they are used where they are, with
+// nothing read back (so a step can be captured as a device graph), and a label outside [0, K)
+// makes the loss NaN instead of raising an error.
+inline Tensor cross_entropy(const Tensor& logits0, const Tensor& labels) {
+  ops::detail::require_rank("cross_entropy", logits0, 2, "logits");
+  TNAS_CHECK(labels.defined() && labels.rank() == 1 && labels.dim(0) == logits0.dim(0),
+             "cross_entropy: labels of shape ", labels.defined() ? labels.shape().str() : "none",
+             " for logits ", logits0.shape(), " (want [", logits0.dim(0), "])");
+  if (labels.device() == Device::cpu) {
+    std::vector<int32_t> lab;
+    for (double v : labels.to_vector()) {
+      TNAS_CHECK(v == std::floor(v) && std::abs(v) < 2e9, "cross_entropy: label ", v,
+                 " is not an integer");
+      lab.push_back(int32_t(v));
+    }
+    return cross_entropy(logits0, std::span<const int32_t>(lab));
+  }
+  TNAS_CHECK(labels.device() == logits0.device() && labels.dtype() == DType::f32,
+             "cross_entropy: labels are ", labels.dtype(), " on ", labels.device(), ", logits on ",
+             logits0.device(), "; device labels must be float32 on the same device");
+  TNAS_CHECK(logits0.dim(0) > 0, "cross_entropy: empty batch");
+  return ops::detail::cross_entropy_device(logits0, logits0.contiguous(), labels);
 }
 
 // Index of the largest logit in each row of [B, K] (ties: the first).

@@ -37,7 +37,7 @@ class Adam : public Optimizer {
 
   void step() override {
     const double lr = this->lr();
-    if (grad_device() != Device::cpu) return step_device(lr);
+    if (grad_device() != Device::cpu) return step_device();
     for_each_with_grad([&](Tensor& p, const Tensor& g, ParamState& s) {
       for (auto& b : s.buf)
         if (!b.defined()) b = Tensor::zeros(p.shape(), p.dtype(), p.device());
@@ -76,36 +76,43 @@ class Adam : public Optimizer {
             {"weight_decay", o_.weight_decay}};
   }
 
- private:
-  // Every parameter in one fused update (backend::Kernels::adam_step), with no host reads.
-  void step_device(double lr) {
-    with_all_grads([&](std::vector<Item>& items) {
-      const Device d = items[0].p.device();
-      auto f =
-          backend::kernel_f32("Adam step", d, items[0].p.dtype(), &backend::Kernels::adam_step);
-      const size_t n = items.size();
-      std::vector<int64_t> numel(n);
-      std::vector<float*> p(n), m(n), v(n);
-      std::vector<const float*> g(n);
-      std::vector<float> step_size(n), bc2(n);
-      for (size_t i = 0; i < n; ++i) {
-        Item& it = items[i];
-        for (auto& b : it.s->buf)
-          if (!b.defined()) b = Tensor::zeros(it.p.shape(), it.p.dtype(), d);
-        numel[i] = it.p.numel();
-        p[i] = it.p.data<float>();
-        g[i] = it.g.data<float>();
-        m[i] = it.s->buf[0].data<float>();
-        v[i] = it.s->buf[1].data<float>();
-        // The scalar factors in double, as on the CPU path.
-        step_size[i] = float(lr / (1 - std::pow(o_.beta1, double(it.s->step))));
-        bc2[i] = float(std::sqrt(1 - std::pow(o_.beta2, double(it.s->step))));
+ protected:
+  // The device path (optimizer.hpp): per tensor, the step size and the second moment's bias
+  // correction, in double on the host as on the CPU path.
+  size_t scalars_per_step(size_t n) const override { return 2 * n; }
+  void step_scalars(const std::vector<Item>& items, float* out) const override {
+    for (size_t i = 0; i < items.size(); ++i) {
+      const double t = double(items[i].s->step);
+      out[2 * i] = float(lr() / (1 - std::pow(o_.beta1, t)));
+      out[2 * i + 1] = float(std::sqrt(1 - std::pow(o_.beta2, t)));
+    }
+  }
+  void launch(std::vector<Item>& items, const float* scalars, bool capturing) override {
+    const Device d = items[0].p.device();
+    auto f = backend::kernel_f32("Adam step", d, items[0].p.dtype(), &backend::Kernels::adam_step);
+    const size_t n = items.size();
+    std::vector<int64_t> numel(n);
+    std::vector<float*> p(n), m(n), v(n);
+    std::vector<const float*> g(n);
+    for (size_t i = 0; i < n; ++i) {
+      Item& it = items[i];
+      for (auto& b : it.s->buf) {
+        TNAS_CHECK(!(capturing && !b.defined()), "Adam: capture a step after one eager step, so ",
+                   "the moment buffers exist (parameter ", it.index, " has none)");
+        if (!b.defined()) b = Tensor::zeros(it.p.shape(), it.p.dtype(), d);
       }
-      f(int(n), numel.data(), p.data(), g.data(), m.data(), v.data(), step_size.data(), bc2.data(),
-        backend::AdamStep{float(o_.beta1), float(o_.beta2), float(o_.eps), float(o_.weight_decay)});
-    });
+      numel[i] = it.p.numel();
+      p[i] = it.p.data<float>();
+      g[i] = it.g.data<float>();
+      m[i] = it.s->buf[0].data<float>();
+      v[i] = it.s->buf[1].data<float>();
+    }
+    f(int(n), numel.data(), p.data(), g.data(), m.data(), v.data(),
+      backend::AdamStep{float(o_.beta1), float(o_.beta2), float(o_.eps), float(o_.weight_decay)},
+      scalars);
   }
 
+ private:
   AdamOptions o_;
 };
 

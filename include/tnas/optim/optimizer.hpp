@@ -169,32 +169,87 @@ class Optimizer {
     NoGrad no_grad;
     for (size_t i = 0; i < params_.size(); ++i) {
       Tensor g;
-      if (!prepare(i, g)) continue;
+      if (!prepare(i, g, true)) continue;
       f(params_[i], g, state_[i]);
     }
   }
 
-  // As for_each_with_grad, but hands every (parameter, gradient, state) over at once, for
-  // the fused device updates (backend::Kernels::sgd_step and friends).
+  // ---- the device path -------------------------------------------------------------------
+  // On a device, step() enqueues one fused update for all parameters with a gradient
+  // (backend::Kernels::sgd_step and friends) and reads nothing back. The values that change
+  // between steps (learning rate, Adam's bias corrections) live in a small device buffer that
+  // the host writes before the update, so the update itself can be captured in a DeviceGraph:
+  // inside the capture call capture_step() instead of step(), and stage_replay() before every
+  // replay (it counts the step and writes that buffer).
+ public:
+  void capture_step() {
+    TNAS_CHECK(grad_device() != Device::cpu, name_, ": capture_step needs device parameters");
+    std::vector<Item> items = collect(false);
+    captured_.clear();
+    for (auto& it : items) captured_.push_back(it.index);
+    TNAS_CHECK(!items.empty(), name_, ": capture_step: no parameter has a gradient");
+    const size_t m = scalars_per_step(items.size());
+    if (!scalars_.defined() || size_t(scalars_.numel()) != m ||
+        scalars_.device() != items[0].p.device())
+      scalars_ = Tensor::empty({int64_t(m)}, DType::f32, items[0].p.device());
+    launch(items, scalars_.data<float>(), true);
+  }
+  void stage_replay() {
+    TNAS_CHECK(!captured_.empty(), name_, ": stage_replay before capture_step");
+    std::vector<Item> items;
+    for (size_t i : captured_) {
+      ++state_[i].step;
+      items.push_back({i, params_[i], Tensor(), &state_[i]});
+    }
+    upload(items);
+  }
+
+ protected:
   struct Item {
+    size_t index;
     Tensor p, g;
     ParamState* s;
   };
-  template <class F>
-  void with_all_grads(F&& f) {
+  // The device path's two halves, for the subclasses: the per-step values (scalars_per_step
+  // floats, written in order), and the fused update reading them from device memory. With
+  // capturing set, launch() must not create buffers (a fill would be replayed every step).
+  virtual size_t scalars_per_step(size_t n_items) const = 0;
+  virtual void step_scalars(const std::vector<Item>& items, float* out) const = 0;
+  virtual void launch(std::vector<Item>& items, const float* scalars, bool capturing) = 0;
+
+  // The eager device step: count, stage, launch.
+  void step_device() {
+    std::vector<Item> items = collect(true);
+    if (items.empty()) return;
+    upload(items);
+    launch(items, scalars_.data<float>(), false);
+  }
+
+ private:
+  std::vector<Item> collect(bool count) {
     NoGrad no_grad;
     std::vector<Item> items;
     for (size_t i = 0; i < params_.size(); ++i) {
       Tensor g;
-      if (prepare(i, g)) items.push_back({params_[i], g, &state_[i]});
+      if (prepare(i, g, count)) items.push_back({i, params_[i], g, &state_[i]});
     }
-    if (!items.empty()) f(items);
+    return items;
+  }
+  // Writes the step's values into scalars_ (one small host-to-device copy).
+  void upload(const std::vector<Item>& items) {
+    const size_t m = scalars_per_step(items.size());
+    Tensor host = Tensor::empty({int64_t(m)}, DType::f32);
+    step_scalars(items, host.data<float>());
+    const Device d = items[0].p.device();
+    if (!scalars_.defined() || size_t(scalars_.numel()) != m || scalars_.device() != d)
+      scalars_ = Tensor::empty({int64_t(m)}, DType::f32, d);
+    scalars_.copy_(host);
   }
 
  private:
   // Checks parameter i and its gradient, brings its buffers to the parameter's dtype and
-  // counts the step; false (nothing done) when it has no gradient.
-  bool prepare(size_t i, Tensor& g) {
+  // counts the step (with count); false (nothing done) when it has no gradient.
+  bool prepare(size_t i, Tensor& g, bool count) {
     Tensor& p = params_[i];
     g = p.grad();
     if (!g.defined()) return false;
@@ -207,7 +262,7 @@ class Optimizer {
       if (b.defined() && b.dtype() != p.dtype()) b = b.to(p.dtype());     // after Module::to(dtype)
       if (b.defined() && b.device() != p.device()) b = b.to(p.device());  // after Module::to(dev)
     }
-    ++s.step;
+    if (count) ++s.step;
     g = g.contiguous();
     return true;
   }
@@ -233,6 +288,8 @@ class Optimizer {
   std::vector<Tensor> params_;
   double lr_ = 0;
   std::vector<ParamState> state_;
+  Tensor scalars_;                // the device path's per-step values
+  std::vector<size_t> captured_;  // the parameters a captured step updates
 };
 
 }  // namespace tnas::optim

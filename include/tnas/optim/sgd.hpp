@@ -34,7 +34,7 @@ class SGD : public Optimizer {
 
   void step() override {
     const double lr = this->lr();
-    if (grad_device() != Device::cpu) return step_device(lr);
+    if (grad_device() != Device::cpu) return step_device();
     for_each_with_grad([&](Tensor& p, const Tensor& g, ParamState& s) {
       const bool first = !s.buf[0].defined();
       if (o_.momentum != 0 && first) s.buf[0] = Tensor::empty(p.shape(), p.dtype(), p.device());
@@ -68,35 +68,39 @@ class SGD : public Optimizer {
             {"nesterov", o_.nesterov ? 1.0 : 0.0}};
   }
 
- private:
-  // Every parameter in one fused update (backend::Kernels::sgd_step), with no host reads.
-  void step_device(double lr) {
-    with_all_grads([&](std::vector<Item>& items) {
-      const Device d = items[0].p.device();
-      auto f = backend::kernel_f32("SGD step", d, items[0].p.dtype(), &backend::Kernels::sgd_step);
-      const size_t n = items.size();
-      std::vector<int64_t> numel(n);
-      std::vector<float*> p(n), buf(n, nullptr);
-      std::vector<const float*> g(n);
-      std::vector<uint8_t> first(n, 0);
-      for (size_t i = 0; i < n; ++i) {
-        Item& it = items[i];
-        Tensor& b = it.s->buf[0];
-        if (o_.momentum != 0) {
-          first[i] = !b.defined();
-          if (first[i]) b = Tensor::empty(it.p.shape(), it.p.dtype(), d);
-          buf[i] = b.data<float>();
-        }
-        numel[i] = it.p.numel();
-        p[i] = it.p.data<float>();
-        g[i] = it.g.data<float>();
+ protected:
+  // The device path (optimizer.hpp): the learning rate is the one per-step value.
+  size_t scalars_per_step(size_t) const override { return 1; }
+  void step_scalars(const std::vector<Item>&, float* out) const override { out[0] = float(lr()); }
+  void launch(std::vector<Item>& items, const float* scalars, bool capturing) override {
+    const Device d = items[0].p.device();
+    auto f = backend::kernel_f32("SGD step", d, items[0].p.dtype(), &backend::Kernels::sgd_step);
+    const size_t n = items.size();
+    std::vector<int64_t> numel(n);
+    std::vector<float*> p(n), buf(n, nullptr);
+    std::vector<const float*> g(n);
+    std::vector<uint8_t> first(n, 0);
+    for (size_t i = 0; i < n; ++i) {
+      Item& it = items[i];
+      Tensor& b = it.s->buf[0];
+      if (o_.momentum != 0) {
+        first[i] = !b.defined();
+        TNAS_CHECK(!(capturing && first[i]), "SGD: capture a step after one eager step, so the ",
+                   "momentum buffers exist (parameter ", it.index, " has none)");
+        if (first[i]) b = Tensor::empty(it.p.shape(), it.p.dtype(), d);
+        buf[i] = b.data<float>();
       }
-      f(int(n), numel.data(), p.data(), g.data(), buf.data(), first.data(),
-        backend::SgdStep{float(lr), float(o_.momentum), float(o_.dampening), float(o_.weight_decay),
-                         o_.nesterov});
-    });
+      numel[i] = it.p.numel();
+      p[i] = it.p.data<float>();
+      g[i] = it.g.data<float>();
+    }
+    f(int(n), numel.data(), p.data(), g.data(), buf.data(), first.data(),
+      backend::SgdStep{float(o_.momentum), float(o_.dampening), float(o_.weight_decay),
+                       o_.nesterov},
+      scalars);
   }
 
+ private:
   SGDOptions o_;
 };
 

@@ -20,12 +20,14 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "tnas/core/graph.hpp"
 #include "tnas/data/loader.hpp"
 #include "tnas/io/archive.hpp"
 #include "tnas/optim/adam.hpp"
@@ -54,6 +56,9 @@ struct DartsOptions {
   int epochs_this_run = 0;         // stop after this many epochs in this call (0: run to the end)
   bool verbose = true;
   uint64_t seed = 2;
+  // On a device (CUDA): capture the search step as a device graph after one eager step, and
+  // replay it (first-order and one-level DARTS; the second-order step reads a norm back).
+  bool device_graph = false;
 };
 
 struct EpochRecord {
@@ -153,6 +158,8 @@ class Darts {
                 .lr = o_.a_lr, .beta1 = o_.a_beta1, .beta2 = o_.a_beta2, .weight_decay = o_.a_wd}),
         sched_(wopt_, o_.epochs, o_.w_lr_min) {
     TNAS_CHECK(o_.epochs >= 1 && o_.batch >= 1, "Darts: epochs and batch must be >= 1");
+    TNAS_CHECK(!(o_.device_graph && o_.second_order), "Darts: device_graph replays first-order ",
+               "or one-level steps; the second-order step reads a gradient norm back to the host");
   }
 
   // Where the search runs: the device of the supernet's weights (move the net with
@@ -168,6 +175,10 @@ class Darts {
   // Returns the train batch's loss and accuracy.
   std::pair<double, double> step(const data::Batch& train, const data::Batch& valid,
                                  bool update_alpha) {
+    if (o_.device_graph && device() != Device::cpu) {
+      if (eager_done_[update_alpha]) return graph_step(train, valid, update_alpha);
+      eager_done_[update_alpha] = true;  // one eager step first: optimizer buffers, handles
+    }
     if (update_alpha) {
       if (o_.one_level) {
         // alpha's update is folded into the weight step below.
@@ -328,6 +339,41 @@ class Darts {
     return res;
   }
 
+  // The step as device work recorded once and replayed: the batches are copied into tensors
+  // that the graph reads, the optimizers' per-step values staged, the graph replayed, and the
+  // loss and logits read from the tensors the capture made.
+  std::pair<double, double> graph_step(const data::Batch& train, const data::Batch& valid,
+                                       bool update_alpha) {
+    StepGraph& G = graphs_[update_alpha];
+    const bool new_train = stage(G.xt, G.yt, train);
+    const bool new_valid = stage(G.xv, G.yv, valid);
+    if (new_train || new_valid || !G.graph) {
+      graphs_[!update_alpha].graph.reset();  // warm-up's graph is not needed again: free it
+      G.graph = std::make_unique<DeviceGraph>(device());
+      G.graph->capture([&] {
+        if (update_alpha && !o_.one_level) {
+          zero_all();
+          backward(cross_entropy(net_.forward(G.xv), G.yv));
+          aopt_.capture_step();
+        }
+        zero_all();
+        G.logits = net_.forward(G.xt);
+        G.loss = cross_entropy(G.logits, G.yt);
+        backward(G.loss);
+        optim::clip_grad_norm_async(w_, o_.grad_clip);
+        wopt_.capture_step();
+        if (update_alpha && o_.one_level) aopt_.capture_step();
+      });
+    }
+    if (update_alpha) aopt_.stage_replay();
+    wopt_.stage_replay();
+    G.graph->replay();
+    auto pred = argmax_rows(G.logits);
+    int64_t correct = 0;
+    for (size_t i = 0; i < pred.size(); ++i) correct += pred[i] == train.labels[i];
+    return {G.loss.item(), double(correct) / double(pred.size())};
+  }
+
   optim::SGD& weight_optimizer() { return wopt_; }
   optim::Adam& arch_optimizer() { return aopt_; }
 
@@ -394,12 +440,33 @@ class Darts {
     return std::stoi(a.meta_at("darts.epochs_done"));
   }
 
+  // Copies a batch into the device tensors a graph reads (labels as float class indices);
+  // true when they had to be made (first use, or a new batch shape): the graph is then stale.
+  bool stage(Tensor& x, Tensor& y, const data::Batch& b) {
+    Tensor lab = Tensor::empty({int64_t(b.labels.size())}, DType::f32);
+    for (size_t i = 0; i < b.labels.size(); ++i) lab.data<float>()[i] = float(b.labels[i]);
+    const bool make = !x.defined() || x.shape() != b.x.shape() || y.shape() != lab.shape();
+    if (make) {
+      x = Tensor::empty(b.x.shape(), b.x.dtype(), device());
+      y = Tensor::empty(lab.shape(), DType::f32, device());
+    }
+    x.copy_(b.x);
+    y.copy_(lab);
+    return make;
+  }
+  struct StepGraph {
+    std::unique_ptr<DeviceGraph> graph;
+    Tensor xt, yt, xv, yv, logits, loss;
+  };
+
   Net& net_;
   DartsOptions o_;
   std::vector<Tensor> w_, a_;
   optim::SGD wopt_;
   optim::Adam aopt_;
   optim::CosineAnnealingLR sched_;
+  StepGraph graphs_[2];  // by update_alpha
+  bool eager_done_[2] = {false, false};
 };
 
 }  // namespace tnas::search
