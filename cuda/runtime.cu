@@ -132,6 +132,12 @@ extern "C" void tnas_cuda_register() {
   TNAS_CUDA_CHECK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
   TNAS_CUBLAS_CHECK(cublasCreate(&g_cublas));
   TNAS_CUBLAS_CHECK(cublasSetStream(g_cublas, g_stream));
+  // A workspace of our own (32 MiB, as cuBLAS advises for Hopper), so that cuBLAS never
+  // allocates inside a CUDA graph capture.
+  constexpr size_t kCublasWorkspace = size_t(32) << 20;
+  void* ws = nullptr;
+  TNAS_CUDA_CHECK(cudaMalloc(&ws, kCublasWorkspace));
+  TNAS_CUBLAS_CHECK(cublasSetWorkspace(g_cublas, ws, kCublasWorkspace));
   int dev = 0;
   TNAS_CUDA_CHECK(cudaGetDevice(&dev));
   TNAS_CUDA_CHECK(cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, dev));

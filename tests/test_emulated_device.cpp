@@ -48,6 +48,9 @@
 #include "tnas/search/darts.hpp"
 #include "tnas/search/supernet.hpp"
 #include "tnas/space/cell.hpp"
+#include "tnas/space/genotype.hpp"
+#include "tnas/train/fit.hpp"
+#include "tnas/train/network.hpp"
 
 using namespace tnas;
 using V = std::vector<Tensor>;
@@ -1049,6 +1052,69 @@ TEST_CASE("emulated device: a DARTS run on the device logs, checkpoints and resu
   CHECK(max_abs_diff(resumed.second, whole.second) == 0);
   CHECK(fs::exists(dir / "alphas.jsonl"));
   fs::remove_all(dir);
+}
+
+TEST_CASE("emulated device: retraining with train::fit on the device follows the CPU run") {
+  setup();
+  // Four classes of 1 x 8 x 8 images: class k lights quadrant k, plus noise.
+  auto quadrants = [](int64_t n, uint64_t seed) {
+    Rng rng(seed);
+    data::Dataset ds;
+    ds.num_classes = 4;
+    ds.images = Tensor::randn({n, 1, 8, 8}, rng, 0.3);
+    float* p = ds.images.data<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t k = int32_t(rng.below(4));
+      ds.labels.push_back(k);
+      for (int y = 0; y < 4; ++y)
+        for (int x = 0; x < 4; ++x) p[i * 64 + (y + 4 * (k / 2)) * 8 + x + 4 * (k % 2)] += 1.0f;
+    }
+    return ds;
+  };
+  const data::Dataset tr = quadrants(48, 3), te = quadrants(16, 4);
+  const auto g = space::DartsGenotype::parse(
+      "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
+      "('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), "
+      "('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), "
+      "('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), "
+      "('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, "
+      "5])");
+  for (auto opt : {train::FitOptimizer::sgd, train::FitOptimizer::adam}) {
+    INFO("adam ", opt == train::FitOptimizer::adam);
+    auto make = [&] {
+      return train::DartsNetwork(g, {.in_channels = 1,
+                                     .channels = 4,
+                                     .cells = 3,
+                                     .classes = 4,
+                                     .auxiliary = true,
+                                     .drop_path_prob = 0.3,
+                                     .image_size = 8,
+                                     .seed = 11});
+    };
+    train::DartsNetwork nc = make(), nd = make();
+    nd.to(Device::cuda);
+    train::FitOptions o;
+    o.epochs = 2;
+    o.batch_size = 16;
+    o.optimizer = opt;
+    o.lr = opt == train::FitOptimizer::adam ? 2e-3 : 0.05;
+    o.verbose = false;
+    o.label_smoothing = 0.1;
+    o.augment = {.crop_padding = 1, .hflip = true, .cutout = 3};
+    const train::FitResult rc = train::fit(nc, tr, te, o);
+    const train::FitResult rd = train::fit(nd, tr, te, o);
+    REQUIRE(rc.history.size() == rd.history.size());
+    for (size_t e = 0; e < rc.history.size(); ++e)
+      CHECK(rd.history[e].train_loss == doctest::Approx(rc.history[e].train_loss).epsilon(1e-4));
+    CHECK(rd.eval_acc == rc.eval_acc);
+    const auto sc = nc.state_dict(), sd = nd.state_dict();
+    REQUIRE(sc.size() == sd.size());
+    for (size_t i = 0; i < sc.size(); ++i) {
+      INFO(sc[i].first);
+      CHECK(sd[i].second.device() == Device::cuda);
+      CHECK(matches(sc[i].second, sd[i].second, 1e-3));
+    }
+  }
 }
 
 TEST_CASE("emulated device: a missing kernel names the op and the device") {
