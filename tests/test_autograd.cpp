@@ -25,6 +25,29 @@ TEST_CASE("gradients accumulate across uses and across calls") {
   CHECK_FALSE(x.grad().defined());
 }
 
+TEST_CASE("gradients the caller still holds are never written: only sole-owned ones are reused") {
+  Tensor x = Tensor::from({1, 2, 3}, {3}).set_requires_grad();
+  Tensor g = Tensor::from({0.5, -1, 2}, {3});
+  const std::vector<double> g0 = g.to_vector();
+  // add passes its incoming gradient through to both inputs: the leaf's first gradient is the
+  // caller's own tensor, which must be copied before the second is added to it.
+  backward(add(x, x), g);
+  CHECK(g.to_vector() == g0);
+  CHECK(x.grad().to_vector() == std::vector<double>{1, -2, 4});
+  // A leaf whose whole gradient is the caller's tensor gets a copy: clipping it in place
+  // (as optimizers do) leaves the caller's tensor alone.
+  Tensor y = Tensor::from({1, 2, 3}, {3}).set_requires_grad();
+  backward(add_scalar(y, 1.0), g);
+  Tensor gy = y.grad();
+  CHECK(!gy.same(g));
+  gy.data<float>()[0] = 100;
+  CHECK(g.to_vector() == g0);
+  // A gradient made by an op's backward and held by nobody else is taken over, not copied.
+  Tensor z = Tensor::from({1, 2, 3}, {3}).set_requires_grad();
+  backward(sum(mul(z, z)));
+  CHECK(z.grad().to_vector() == std::vector<double>{2, 4, 6});
+}
+
 TEST_CASE("no_grad records nothing; detach cuts the graph") {
   Tensor x = Tensor::from({1.0}, {1}, DType::f64).set_requires_grad();
   {

@@ -47,7 +47,9 @@ inline void add_to_slot(Slot& slot, const Tensor& g) {
     return;
   }
   if (!slot.owned) {
-    slot.grad = slot.grad.clone();
+    // A gradient nobody else holds (the usual case: an op's backward made it) is taken over;
+    // one that may be shared (an op passing its incoming gradient through) is copied first.
+    if (!(slot.grad.sole_owner() && slot.grad.is_contiguous())) slot.grad = slot.grad.clone();
     slot.owned = true;
   }
   accumulate_into(slot.grad, g);
@@ -100,7 +102,8 @@ inline void backward(const Tensor& root, Tensor grad = {}) {
         TNAS_CHECK(slot.grad.shape() == leaf->shape, "backward: gradient of shape ",
                    slot.grad.shape(), " for a leaf of shape ", leaf->shape);
         if (!leaf->grad) {
-          leaf->grad = (slot.owned ? slot.grad.contiguous() : slot.grad.clone()).impl_shared();
+          const bool own = slot.owned || (slot.grad.sole_owner() && slot.grad.is_contiguous());
+          leaf->grad = (own ? slot.grad.contiguous() : slot.grad.clone()).impl_shared();
         } else {
           autograd::detail::accumulate_into(Tensor(leaf->grad), slot.grad);
         }

@@ -149,6 +149,12 @@ class Tensor {
   size_t nbytes() const { return size_t(numel()) * size_of(dtype()); }
   TensorImpl* impl_ptr() const { return impl_.get(); }
   const std::shared_ptr<TensorImpl>& impl_shared() const { return impl_; }
+  // True when this handle is the only one to its TensorImpl and no other TensorImpl views its
+  // storage: nothing else can see a change to its data (the autograd engine then adds into a
+  // gradient in place instead of copying it first).
+  bool sole_owner() const {
+    return impl_ && impl_.use_count() == 1 && impl_->storage.use_count() == 1;
+  }
   bool same(const Tensor& o) const { return impl_ == o.impl_; }
   // True when the two share a storage block (one may be a view of the other).
   bool shares_storage(const Tensor& o) const { return impl().storage == o.impl().storage; }
