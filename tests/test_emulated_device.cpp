@@ -942,7 +942,7 @@ TEST_CASE("emulated device: a captured training step replays like eager CPU step
 namespace {
 data::Batch darts_batch(Rng& rng, int shift) {
   data::Batch b;
-  b.x = Tensor::randn({6, 3, 12, 12}, rng);
+  b.x = Tensor::randn({6, 3, 8, 8}, rng);
   for (int i = 0; i < 6; ++i) b.labels.push_back((i * 3 + shift) % 10);
   return b;
 }
@@ -960,7 +960,7 @@ TEST_CASE("emulated device: a DARTS search step gives the CPU's loss, first and 
     search::Darts dc(nc, o), dd(nd, o);
     CHECK(dd.device() == Device::cuda);
     Rng rng(11);
-    for (int s = 0; s < 3; ++s) {
+    for (int s = 0; s < 2; ++s) {
       const data::Batch bt = darts_batch(rng, s), bv = darts_batch(rng, s + 5);
       const auto [lc, ac] = dc.step(bt, bv, true);
       const auto [ld, ad] = dd.step(bt, bv, true);
@@ -986,7 +986,7 @@ TEST_CASE("emulated device: DARTS steps replayed as a device graph equal the eag
     o.device_graph = true;
     search::Darts dg(ng, o);
     Rng rng(12);
-    for (int s = 0; s < 6; ++s) {
+    for (int s = 0; s < 5; ++s) {
       const data::Batch bt = darts_batch(rng, s), bv = darts_batch(rng, s + 3);
       const bool alpha = s != 1 && s != 2;  // warm-up steps in between: their own graph
       if (s == 4) {                         // a new learning rate reaches the replayed step
@@ -1029,7 +1029,7 @@ TEST_CASE("emulated device: a DARTS run on the device logs, checkpoints and resu
     ds.num_classes = 3;
     return ds;
   };
-  const data::Dataset tr = make_set(24), va = make_set(24);
+  const data::Dataset tr = make_set(16), va = make_set(16);
   search::SupernetConfig cfg{.in_channels = 1, .channels = 4, .cells = 2, .classes = 3};
   auto run = [&](int epochs_this_run, bool resume) {
     search::Supernet<space::Darts> net(cfg);
