@@ -1056,22 +1056,7 @@ TEST_CASE("emulated device: a DARTS run on the device logs, checkpoints and resu
 
 TEST_CASE("emulated device: retraining with train::fit on the device follows the CPU run") {
   setup();
-  // Four classes of 1 x 8 x 8 images: class k lights quadrant k, plus noise.
-  auto quadrants = [](int64_t n, uint64_t seed) {
-    Rng rng(seed);
-    data::Dataset ds;
-    ds.num_classes = 4;
-    ds.images = Tensor::randn({n, 1, 8, 8}, rng, 0.3);
-    float* p = ds.images.data<float>();
-    for (int64_t i = 0; i < n; ++i) {
-      const int32_t k = int32_t(rng.below(4));
-      ds.labels.push_back(k);
-      for (int y = 0; y < 4; ++y)
-        for (int x = 0; x < 4; ++x) p[i * 64 + (y + 4 * (k / 2)) * 8 + x + 4 * (k % 2)] += 1.0f;
-    }
-    return ds;
-  };
-  const data::Dataset tr = quadrants(48, 3), te = quadrants(16, 4);
+  const data::Dataset tr = testing::quadrants(48, 3), te = testing::quadrants(16, 4);
   const auto g = space::DartsGenotype::parse(
       "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
       "('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), "

@@ -17,6 +17,7 @@
 
 namespace fs = std::filesystem;
 using namespace tnas;
+using tnas::testing::quadrants;
 using tnas::testing::throws_with;
 
 namespace {
@@ -241,22 +242,6 @@ TEST_CASE("smoothed_cross_entropy: plain CE at 0, the smoothed-target CE otherwi
 // ---- fit ------------------------------------------------------------------------------------
 
 namespace {
-
-// Four classes of 1 x 8 x 8 images: class k lights quadrant k, plus noise.
-data::Dataset quadrants(int64_t n, uint64_t seed) {
-  Rng rng(seed);
-  data::Dataset ds;
-  ds.num_classes = 4;
-  ds.images = Tensor::randn({n, 1, 8, 8}, rng, 0.3);
-  float* p = ds.images.data<float>();
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t k = int32_t(rng.below(4));
-    ds.labels.push_back(k);
-    for (int y = 0; y < 4; ++y)
-      for (int x = 0; x < 4; ++x) p[i * 64 + (y + 4 * (k / 2)) * 8 + x + 4 * (k % 2)] += 1.0f;
-  }
-  return ds;
-}
 
 struct TempDir {
   fs::path path;

@@ -7,7 +7,9 @@
 #include <vector>
 
 #include "tnas/autograd/gradcheck.hpp"
+#include "tnas/core/rng.hpp"
 #include "tnas/core/tensor.hpp"
+#include "tnas/data/dataset.hpp"
 
 namespace tnas::testing {
 
@@ -41,6 +43,23 @@ bool throws_with(F&& f, std::vector<std::string> parts) {
     return true;
   }
   return false;
+}
+
+// Four classes of 1 x 8 x 8 images: class k lights quadrant k, plus noise (a toy set that a
+// tiny network learns in a few epochs).
+inline data::Dataset quadrants(int64_t n, uint64_t seed) {
+  Rng rng(seed);
+  data::Dataset ds;
+  ds.num_classes = 4;
+  ds.images = Tensor::randn({n, 1, 8, 8}, rng, 0.3);
+  float* p = ds.images.data<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t k = int32_t(rng.below(4));
+    ds.labels.push_back(k);
+    for (int y = 0; y < 4; ++y)
+      for (int x = 0; x < 4; ++x) p[i * 64 + (y + 4 * (k / 2)) * 8 + x + 4 * (k % 2)] += 1.0f;
+  }
+  return ds;
 }
 
 }  // namespace tnas::testing

@@ -138,6 +138,15 @@ inline Tensor cross_entropy_device(const Tensor& logits0, const Tensor& x, const
 }
 }  // namespace ops::detail
 
+// Integer labels as the float32 CPU tensor [B] of class indices that cross_entropy takes on a
+// device (copy it there, or into a tensor a device graph reads).
+inline Tensor label_tensor(std::span<const int32_t> labels) {
+  Tensor t = Tensor::empty({int64_t(labels.size())}, DType::f32);
+  float* p = t.data<float>();
+  for (size_t i = 0; i < labels.size(); ++i) p[i] = float(labels[i]);
+  return t;
+}
+
 // Mean cross-entropy of logits [B, K] against integer labels in [0, K).
 inline Tensor cross_entropy(const Tensor& logits0, std::span<const int32_t> labels) {
   ops::detail::require_rank("cross_entropy", logits0, 2, "logits");
@@ -150,10 +159,7 @@ inline Tensor cross_entropy(const Tensor& logits0, std::span<const int32_t> labe
                " is outside [0, ", K, ")");
   Tensor x = logits0.contiguous();
   if (x.device() != Device::cpu) {
-    Tensor lab = Tensor::empty({B}, DType::f32);
-    float* pl = lab.data<float>();
-    for (int64_t i = 0; i < B; ++i) pl[i] = float(labels[size_t(i)]);
-    return ops::detail::cross_entropy_device(logits0, x, lab.to(x.device()));
+    return ops::detail::cross_entropy_device(logits0, x, label_tensor(labels).to(x.device()));
   }
   Tensor logp = Tensor::empty(x.shape(), x.dtype(), x.device());
   Tensor out = Tensor::empty(Shape{}, x.dtype(), x.device());

@@ -443,8 +443,7 @@ class Darts {
   // Copies a batch into the device tensors a graph reads (labels as float class indices);
   // true when they had to be made (first use, or a new batch shape): the graph is then stale.
   bool stage(Tensor& x, Tensor& y, const data::Batch& b) {
-    Tensor lab = Tensor::empty({int64_t(b.labels.size())}, DType::f32);
-    for (size_t i = 0; i < b.labels.size(); ++i) lab.data<float>()[i] = float(b.labels[i]);
+    const Tensor lab = label_tensor(b.labels);
     const bool make = !x.defined() || x.shape() != b.x.shape() || y.shape() != lab.shape();
     if (make) {
       x = Tensor::empty(b.x.shape(), b.x.dtype(), device());
