@@ -71,36 +71,47 @@ backend::ConvShape dw_shape(const Shape4& s, int R, int stride, int dil) {
   const int64_t pad = (R - 1) * dil / 2;
   const int64_t P = (s.H + 2 * pad - dil * (R - 1) - 1) / stride + 1;
   const int64_t Q = (s.W + 2 * pad - dil * (R - 1) - 1) / stride + 1;
-  return {s.N, s.C, s.H, s.W, s.C, R, R, stride, pad, dil, s.C, P, Q};
+  return {s.N, s.C, s.H, s.W, s.C, R, R, stride, pad, dil, s.C, P, Q, false};
 }
 
 // which: 0 forward, 1 backward-input, 2 backward-weight, 3 all three (a training step's share).
-void BM_cuda_dwconv(benchmark::State& st) {
+// relu_x: the ReLU before the conv fused into the kernels (relu_conv2d on a device).
+void dwconv(benchmark::State& st, bool relu_x) {
   if (skip_without_gpu(st)) return;
   const Shape4 s = kShapes[size_t(st.range(0))];
   const int R = int(st.range(1)), stride = int(st.range(2)), dil = int(st.range(3));
   const int which = int(st.range(4));
-  const backend::ConvShape p = dw_shape(s, R, stride, dil);
+  backend::ConvShape p = dw_shape(s, R, stride, dil);
+  p.relu_x = relu_x;
   Tensor x = dev_randn({s.N, s.C, s.H, s.W}, 1), w = dev_randn({s.C, 1, R, R}, 2);
   Tensor y = dev_randn({s.N, s.C, p.P, p.Q}, 3),
          gx = Tensor::empty(x.shape(), DType::f32, Device::cuda);
   Tensor gw = Tensor::empty(w.shape(), DType::f32, Device::cuda);
   const auto& k = backend::kernels(Device::cuda);
   const double xb = double(x.nbytes()), yb = double(y.nbytes());
-  const double bytes = which == 3 ? 3 * xb + 3 * yb : xb + yb;
+  // with relu_x, backward-input also reads x (its mask)
+  const double bytes = which == 3 ? (relu_x ? 4 : 3) * xb + 3 * yb : xb + yb;
   time_loop(st, tnas_stream(), bytes, [&] {
     if (which == 0 || which == 3)
       k.conv2d_forward(p, x.data<float>(), w.data<float>(), y.data<float>());
     if (which == 1 || which == 3)
-      k.conv2d_backward_input(p, y.data<float>(), w.data<float>(), gx.data<float>());
+      k.conv2d_backward_input(p, y.data<float>(), w.data<float>(), x.data<float>(),
+                              gx.data<float>());
     if (which == 2 || which == 3)
       k.conv2d_backward_weight(p, x.data<float>(), y.data<float>(), gw.data<float>());
   });
   // snprintf, not std::string concatenation: GCC 12 reports a false -Wrestrict in the latter.
   char label[96];
-  std::snprintf(label, sizeof label, "N%lld C%lld %lldx%lld k%d s%d d%d", (long long)s.N,
-                (long long)s.C, (long long)s.H, (long long)s.W, R, stride, dil);
+  std::snprintf(label, sizeof label, "N%lld C%lld %lldx%lld k%d s%d d%d%s", (long long)s.N,
+                (long long)s.C, (long long)s.H, (long long)s.W, R, stride, dil,
+                relu_x ? " relu" : "");
   st.SetLabel(label);
+}
+void BM_cuda_dwconv(benchmark::State& st) {
+  dwconv(st, false);
+}
+void BM_cuda_relu_dwconv(benchmark::State& st) {
+  dwconv(st, true);
 }
 
 void BM_cuda_maxpool3x3(benchmark::State& st) {
@@ -171,7 +182,7 @@ void BM_cuda_batchnorm_train(benchmark::State& st) {
 // ---- binary convolution at issue #5's shape ----------------------------------------------
 // N 64, 256 -> 256 channels, 28x28, 3x3, padding 1: the XNOR kernels against cuDNN's float32,
 // TF32 and float16 convolutions of the same shape (BM_cudnn_conv_xnor_shape below).
-const backend::ConvShape kXnorShape{64, 256, 28, 28, 256, 3, 3, 1, 1, 1, 1, 28, 28};
+const backend::ConvShape kXnorShape{64, 256, 28, 28, 256, 3, 3, 1, 1, 1, 1, 28, 28, false};
 
 // range(0): 0 = the kernel-table entry (float x and w in, both packed every call), 1 = the
 // weights packed once (xnor_pack_weights), x packed every call. range(1): TNAS_XNOR_PATH
@@ -428,6 +439,13 @@ void dw_args(benchmark::internal::Benchmark* b) {
     for (const auto& c : kDwConfigs)
       for (int which = 0; which < 4; ++which) b->Args({s, c[0], c[1], c[2], which});
 }
+// The fused-ReLU variant: the forward and the whole training-step share (the backward-input
+// mask and the backward-weight ReLU read x once more; no relu(x) tensor is written or read).
+void dw_relu_args(benchmark::internal::Benchmark* b) {
+  for (int64_t s = 0; s < int64_t(kShapes.size()); ++s)
+    for (const auto& c : kDwConfigs)
+      for (int which : {0, 3}) b->Args({s, c[0], c[1], c[2], which});
+}
 void shape_dir_args(benchmark::internal::Benchmark* b) {
   for (int64_t s = 0; s < int64_t(kShapes.size()); ++s)
     for (int d = 0; d < 2; ++d) b->Args({s, d});
@@ -436,6 +454,7 @@ void shape_dir_args(benchmark::internal::Benchmark* b) {
 }  // namespace
 
 BENCHMARK(BM_cuda_dwconv)->Apply(dw_args)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_cuda_relu_dwconv)->Apply(dw_relu_args)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_cuda_maxpool3x3)
     ->Apply(shape_dir_args)
     ->UseManualTime()

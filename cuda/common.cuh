@@ -86,7 +86,8 @@ void gather(void* dst, const void* src, DType t, const int64_t* shape, const int
             int rank);
 
 void conv2d_forward(const ConvShape& p, const float* x, const float* w, float* y);
-void conv2d_backward_input(const ConvShape& p, const float* gy, const float* w, float* gx);
+void conv2d_backward_input(const ConvShape& p, const float* gy, const float* w, const float* x,
+                           float* gx);
 void conv2d_backward_weight(const ConvShape& p, const float* x, const float* gy, float* gw);
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);

@@ -16,6 +16,9 @@
 //  - anything else (dense or grouped KxK, 1x1 with stride, other depthwise sizes): direct
 //    kernels, one thread per output (forward / backward-input) or one block per weight
 //    (backward-weight). Correct for every shape; not tuned.
+// The ReLU before a conv (ConvShape::relu_x) is fused: the depthwise and direct kernels apply
+// it as they stage or read x, and backward-input zeroes gx where x <= 0 as it stores; the
+// cuBLAS paths read a ReLU'd scratch copy of x and mask gx in one extra elementwise pass.
 // Every kernel overwrites its output.
 #include <algorithm>
 
@@ -55,8 +58,13 @@ Tiling make_tiling(int P, int Q, int planes, int R, int S, int st, int dil) {
   return t;
 }
 
+__device__ __forceinline__ float relu(float v) {  // NaN -> 0, as the elementwise relu
+  return v > 0.f ? v : 0.f;
+}
+
 // Stages rows [ih0, ih0 + ih) x columns [iw0, iw0 + iw_pad) of plane `src` (H x W) into `tile`,
-// zero outside the image. All threads of the block take part.
+// zero outside the image; RELU: max(v, 0) of each value. All threads of the block take part.
+template <bool RELU>
 __device__ __forceinline__ void stage_tile(const float* __restrict__ src, int H, int W, int ih0,
                                            int iw0, int ih, int iw_pad, float* __restrict__ tile,
                                            int tid, int nthreads) {
@@ -64,7 +72,8 @@ __device__ __forceinline__ void stage_tile(const float* __restrict__ src, int H,
   for (int i = tid; i < n; i += nthreads) {
     const int r = i / iw_pad, c = i - r * iw_pad;
     const int h = ih0 + r, w = iw0 + c;
-    tile[i] = (h >= 0 && h < H && w >= 0 && w < W) ? __ldg(src + h * W + w) : 0.f;
+    const float v = (h >= 0 && h < H && w >= 0 && w < W) ? __ldg(src + h * W + w) : 0.f;
+    tile[i] = RELU ? relu(v) : v;
   }
 }
 
@@ -77,6 +86,15 @@ __device__ __forceinline__ void load_window(const float* p, float (&win)[NW]) {
     const float4 v = reinterpret_cast<const float4*>(p)[i];
     win[4 * i] = v.x, win[4 * i + 1] = v.y, win[4 * i + 2] = v.z, win[4 * i + 3] = v.w;
   }
+}
+
+// Zeroes the outputs acc[v] (columns ow + v of a row of width Q) whose `m` (the same row of the
+// mask tensor) is not > 0: the ReLU's backward fused into backward-input.
+__device__ __forceinline__ void mask_outputs(const float* __restrict__ m, int ow, int Q,
+                                             float (&acc)[kV]) {
+#pragma unroll
+  for (int v = 0; v < kV; ++v)
+    if (ow + v < Q && !(__ldg(m + ow + v) > 0.f)) acc[v] = 0.f;
 }
 
 // Stores V outputs at `y` (row of width Q starting at column ow); one 16-byte store when the
@@ -93,12 +111,13 @@ __device__ __forceinline__ void store_outputs(float* y, int ow, int Q, const flo
 
 // y[plane] = depthwise correlation of x[plane] (H x W) with w[plane % C] (R x S), output
 // P x Q, stride ST, dilation D, padding `pad` (any sign). FLIP: use w rotated by 180 degrees
-// (backward-input at stride 1).
-template <int R, int S, int ST, int D, bool FLIP>
+// (backward-input at stride 1). RELU: read max(x, 0). MASK: zero y where `mask` (of y's
+// shape) is not > 0.
+template <int R, int S, int ST, int D, bool FLIP, bool RELU, bool MASK>
 __global__ void __launch_bounds__(256)
     dw_forward_kernel(const float* __restrict__ x, const float* __restrict__ w,
-                      float* __restrict__ y, int planes, int C, int H, int W, int P, int Q, int pad,
-                      int ih, int iw_pad) {
+                      const float* __restrict__ mask, float* __restrict__ y, int planes, int C,
+                      int H, int W, int P, int Q, int pad, int ih, int iw_pad) {
   extern __shared__ __align__(16) float smem[];
   constexpr int NW = ((kV - 1) * ST + (S - 1) * D + 1 + 3) / 4 * 4;
   const int tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
@@ -109,8 +128,8 @@ __global__ void __launch_bounds__(256)
   for (int z = 0; z < int(blockDim.z); ++z) {
     const int pl = plane0 + z;
     if (pl >= planes) break;
-    stage_tile(x + size_t(pl) * H * W, H, W, ih0, iw0, ih, iw_pad, smem + z * ih * iw_pad, tid,
-               nthreads);
+    stage_tile<RELU>(x + size_t(pl) * H * W, H, W, ih0, iw0, ih, iw_pad, smem + z * ih * iw_pad,
+                     tid, nthreads);
   }
   __syncthreads();
   const int plane = plane0 + threadIdx.z;
@@ -132,17 +151,19 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
       for (int v = 0; v < kV; ++v) acc[v] = fmaf(wr[r * S + s], win[v * ST + s * D], acc[v]);
   }
+  if constexpr (MASK) mask_outputs(mask + (size_t(plane) * P + oh) * Q, ow, Q, acc);
   store_outputs(y + (size_t(plane) * P + oh) * Q, ow, Q, acc);
 }
 
 // gx[plane] (H x W) from gy[plane] (P x Q) at stride ST > 1: gx[h][w] = sum over taps (r, s)
 // with (h + pad - r*D) and (w + pad - s*D) multiples of ST of w[r][s] * gy[(h+pad-r*D)/ST]
 // [(w+pad-s*D)/ST]. The gy tile (zero outside) starts at row floor((h0 + pad - (R-1)*D)/ST).
-template <int R, int S, int ST, int D>
+// MASK: zero gx where `mask` (x, of gx's shape) is not > 0.
+template <int R, int S, int ST, int D, bool MASK>
 __global__ void __launch_bounds__(256)
     dw_dgrad_strided_kernel(const float* __restrict__ gy, const float* __restrict__ w,
-                            float* __restrict__ gx, int planes, int C, int H, int W, int P, int Q,
-                            int pad, int ih, int iw_pad) {
+                            const float* __restrict__ mask, float* __restrict__ gx, int planes,
+                            int C, int H, int W, int P, int Q, int pad, int ih, int iw_pad) {
   extern __shared__ __align__(16) float smem[];
   const int tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
   const int nthreads = blockDim.x * blockDim.y * blockDim.z;
@@ -153,8 +174,8 @@ __global__ void __launch_bounds__(256)
   for (int z = 0; z < int(blockDim.z); ++z) {
     const int pl = plane0 + z;
     if (pl >= planes) break;
-    stage_tile(gy + size_t(pl) * P * Q, P, Q, p0, q0, ih, iw_pad, smem + z * ih * iw_pad, tid,
-               nthreads);
+    stage_tile<false>(gy + size_t(pl) * P * Q, P, Q, p0, q0, ih, iw_pad, smem + z * ih * iw_pad,
+                      tid, nthreads);
   }
   __syncthreads();
   const int plane = plane0 + threadIdx.z;
@@ -180,6 +201,7 @@ __global__ void __launch_bounds__(256)
       }
     }
   }
+  if constexpr (MASK) mask_outputs(mask + (size_t(plane) * H + h) * W, wq, W, acc);
   store_outputs(gx + (size_t(plane) * H + h) * W, wq, W, acc);
 }
 
@@ -187,8 +209,8 @@ __global__ void __launch_bounds__(256)
 // n = blockIdx.z * tz + z and one output tile; it writes sum over its outputs of
 // gy[n,c,p,q] * x[n,c,p*ST-pad+r*D, q*ST-pad+s*D] for every tap to
 // partial[(c * gridDim.z * gridDim.x... )]: index ((c * nblk) + blk) * R*S + tap, where
-// blk = blockIdx.z * gridDim.x * gridDim_y_tiles + tile.
-template <int R, int S, int ST, int D>
+// blk = blockIdx.z * gridDim.x * gridDim_y_tiles + tile. RELU: read max(x, 0).
+template <int R, int S, int ST, int D, bool RELU>
 __global__ void __launch_bounds__(256)
     dw_wgrad_partial_kernel(const float* __restrict__ x, const float* __restrict__ gy,
                             float* __restrict__ partial, int N, int C, int H, int W, int P, int Q,
@@ -208,8 +230,8 @@ __global__ void __launch_bounds__(256)
   for (int z = 0; z < int(blockDim.z); ++z) {
     const int n = n0 + z;
     if (n >= N) break;
-    stage_tile(x + (size_t(n) * C + c) * H * W, H, W, ih0, iw0, ih, iw_pad, smem + z * ih * iw_pad,
-               tid, nthreads);
+    stage_tile<RELU>(x + (size_t(n) * C + c) * H * W, H, W, ih0, iw0, ih, iw_pad,
+                     smem + z * ih * iw_pad, tid, nthreads);
   }
   __syncthreads();
   float acc[R * S] = {};
@@ -248,6 +270,31 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+// out[i] = sum over b < batches of partial[b * n + i], in b order (deterministic).
+__global__ void sum_batches_kernel(const float* __restrict__ partial, int batches, int64_t n,
+                                   float* __restrict__ out) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float s = 0.f;
+    for (int b = 0; b < batches; ++b) s += partial[b * n + i];
+    out[i] = s;
+  }
+}
+
+// y[i] = max(x[i], 0) (a ReLU'd copy of x for the cuBLAS paths).
+__global__ void relu_copy_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = relu(__ldg(x + i));
+}
+
+// g[i] = 0 where x[i] is not > 0 (the ReLU's backward after a cuBLAS backward-input).
+__global__ void relu_mask_kernel(const float* __restrict__ x, float* __restrict__ g, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    if (!(__ldg(x + i) > 0.f)) g[i] = 0.f;
+}
+
 // gw[c][tap] = sum over blocks of partial[c][block][tap], in block order.
 __global__ void sum_blocks_kernel(const float* __restrict__ partial, int C, int blocks, int RS,
                                   float* __restrict__ gw) {
@@ -262,10 +309,11 @@ __global__ void sum_blocks_kernel(const float* __restrict__ partial, int C, int 
 // ---- direct kernels for every other shape ---------------------------------------------------
 struct DConv {
   int N, C, H, W, K, R, S, st, pad, dil, G, P, Q;
+  bool relu;  // ConvShape::relu_x
 };
 DConv dconv(const ConvShape& p) {
   return DConv{int(p.N),      int(p.C),   int(p.H),   int(p.W),      int(p.K), int(p.R), int(p.S),
-               int(p.stride), int(p.pad), int(p.dil), int(p.groups), int(p.P), int(p.Q)};
+               int(p.stride), int(p.pad), int(p.dil), int(p.groups), int(p.P), int(p.Q), p.relu_x};
 }
 
 __global__ void direct_forward_kernel(DConv d, const float* __restrict__ x,
@@ -286,8 +334,10 @@ __global__ void direct_forward_kernel(DConv d, const float* __restrict__ x,
         if (h < 0 || h >= d.H) continue;
         for (int s = 0; s < d.S; ++s) {
           const int ww = q * d.st - d.pad + s * d.dil;
-          if (ww >= 0 && ww < d.W)
-            acc = fmaf(__ldg(wp + r * d.S + s), __ldg(xp + h * d.W + ww), acc);
+          if (ww >= 0 && ww < d.W) {
+            const float xv = __ldg(xp + h * d.W + ww);
+            acc = fmaf(__ldg(wp + r * d.S + s), d.relu ? relu(xv) : xv, acc);
+          }
         }
       }
     }
@@ -295,9 +345,10 @@ __global__ void direct_forward_kernel(DConv d, const float* __restrict__ x,
   }
 }
 
+// d.relu: gx is zeroed where x (the forward's input) is not > 0.
 __global__ void direct_dgrad_kernel(DConv d, const float* __restrict__ gy,
-                                    const float* __restrict__ w, float* __restrict__ gx,
-                                    int64_t total) {
+                                    const float* __restrict__ w, const float* __restrict__ x,
+                                    float* __restrict__ gx, int64_t total) {
   const int Cg = d.C / d.G, Kg = d.K / d.G;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -320,7 +371,7 @@ __global__ void direct_dgrad_kernel(DConv d, const float* __restrict__ gy,
         }
       }
     }
-    gx[i] = acc;
+    gx[i] = d.relu && !(__ldg(x + i) > 0.f) ? 0.f : acc;
   }
 }
 
@@ -338,8 +389,8 @@ __global__ void direct_wgrad_kernel(DConv d, const float* __restrict__ x,
     const int n = int(j / PQ), pq = int(j % PQ), p = pq / d.Q, q = pq - p * d.Q;
     const int h = p * d.st - d.pad + r * d.dil, ww = q * d.st - d.pad + s * d.dil;
     if (h < 0 || h >= d.H || ww < 0 || ww >= d.W) continue;
-    acc = fmaf(__ldg(gy + (size_t(n) * d.K + k) * PQ + pq),
-               __ldg(x + ((size_t(n) * d.C + c) * d.H + h) * d.W + ww), acc);
+    const float xv = __ldg(x + ((size_t(n) * d.C + c) * d.H + h) * d.W + ww);
+    acc = fmaf(__ldg(gy + (size_t(n) * d.K + k) * PQ + pq), d.relu ? relu(xv) : xv, acc);
   }
   acc = block_sum(acc, smem);
   if (threadIdx.x == 0) gw[i] = acc;
@@ -388,6 +439,15 @@ void by_dw_shape(const ConvShape& p, F&& f) {
              " dilation=", p.dil);
 }
 
+// Calls f.template operator()<b>() for a run-time flag.
+template <class F>
+void by_flag(bool b, F&& f) {
+  if (b)
+    f.template operator()<true>();
+  else
+    f.template operator()<false>();
+}
+
 template <class K>
 void allow_smem(K kernel, size_t bytes) {
   if (bytes > 48 * 1024)
@@ -415,21 +475,48 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
                                 int(ldb), A, int(lda), &beta, C, int(ldc)));
 }
 
+// A ReLU'd copy of x [N, C, H, W] in scratch memory (the cuBLAS paths with relu_x), or x.
+class ReluCopy {
+ public:
+  ReluCopy(const ConvShape& p, const float* x) : x_(x) {
+    const int64_t n = p.N * p.C * p.H * p.W;
+    if (!p.relu_x || n == 0) return;
+    bytes_ = size_t(n) * sizeof(float);
+    copy_ = static_cast<float*>(scratch_alloc(bytes_));
+    relu_copy_kernel<<<blocks_for(n, 256), 256, 0, stream()>>>(x, copy_, n);
+    TNAS_CUDA_LAUNCHED();
+  }
+  ~ReluCopy() {
+    if (copy_) scratch_free(copy_, bytes_);  // stream-ordered: the GEMM enqueued before is safe
+  }
+  ReluCopy(const ReluCopy&) = delete;
+  ReluCopy& operator=(const ReluCopy&) = delete;
+  const float* get() const { return copy_ ? copy_ : x_; }
+
+ private:
+  const float* x_;
+  float* copy_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 void conv2d_forward(const ConvShape& p, const float* x, const float* w, float* y) {
   if (is_tiled_depthwise(p)) {
     by_dw_shape(p, [&]<int R, int ST, int D>() {
-      const Tiling t = make_tiling(int(p.P), int(p.Q), int(p.N * p.C), R, R, ST, D);
-      auto k = dw_forward_kernel<R, R, ST, D, false>;
-      allow_smem(k, t.smem_bytes);
-      k<<<dim3(t.gx, t.gy, t.gz), dim3(t.tx, t.ty, t.tz), t.smem_bytes, stream()>>>(
-          x, w, y, int(p.N * p.C), int(p.C), int(p.H), int(p.W), int(p.P), int(p.Q), int(p.pad),
-          t.ih, t.iw_pad);
+      by_flag(p.relu_x, [&]<bool RELU>() {
+        const Tiling t = make_tiling(int(p.P), int(p.Q), int(p.N * p.C), R, R, ST, D);
+        auto k = dw_forward_kernel<R, R, ST, D, false, RELU, false>;
+        allow_smem(k, t.smem_bytes);
+        k<<<dim3(t.gx, t.gy, t.gz), dim3(t.tx, t.ty, t.tz), t.smem_bytes, stream()>>>(
+            x, w, nullptr, y, int(p.N * p.C), int(p.C), int(p.H), int(p.W), int(p.P), int(p.Q),
+            int(p.pad), t.ih, t.iw_pad);
+      });
     });
   } else if (is_pointwise(p)) {
     // y[n] (K x HW) = W (K x C) x[n] (C x HW)
     const int64_t HW = p.H * p.W;
-    gemm_batched(false, false, p.K, HW, p.C, 1.f, w, p.C, 0, x, HW, p.C * HW, 0.f, y, HW, p.K * HW,
-                 p.N);
+    const ReluCopy xin(p, x);
+    gemm_batched(false, false, p.K, HW, p.C, 1.f, w, p.C, 0, xin.get(), HW, p.C * HW, 0.f, y, HW,
+                 p.K * HW, p.N);
   } else {
     const int64_t total = p.N * p.K * p.P * p.Q;
     direct_forward_kernel<<<blocks_for(total, 256), 256, 0, stream()>>>(dconv(p), x, w, y, total);
@@ -437,41 +524,50 @@ void conv2d_forward(const ConvShape& p, const float* x, const float* w, float* y
   TNAS_CUDA_LAUNCHED();
 }
 
-void conv2d_backward_input(const ConvShape& p, const float* gy, const float* w, float* gx) {
+void conv2d_backward_input(const ConvShape& p, const float* gy, const float* w, const float* x,
+                           float* gx) {
+  TNAS_CHECK(!p.relu_x || x, "conv2d backward-input (cuda): relu_x needs the forward's input");
   if (is_tiled_depthwise(p)) {
     by_dw_shape(p, [&]<int R, int ST, int D>() {
-      const int planes = int(p.N * p.C);
-      if constexpr (ST == 1) {
-        // A correlation of gy (P x Q) with the flipped kernel, padding (R-1)*D - pad.
-        const int pad2 = (R - 1) * D - int(p.pad);
-        const Tiling t = make_tiling(int(p.H), int(p.W), planes, R, R, 1, D);
-        auto k = dw_forward_kernel<R, R, 1, D, true>;
-        allow_smem(k, t.smem_bytes);
-        k<<<dim3(t.gx, t.gy, t.gz), dim3(t.tx, t.ty, t.tz), t.smem_bytes, stream()>>>(
-            gy, w, gx, planes, int(p.C), int(p.P), int(p.Q), int(p.H), int(p.W), pad2, t.ih,
-            t.iw_pad);
-      } else {
-        Tiling t = make_tiling(int(p.H), int(p.W), planes, R, R, 1, D);
-        // gy rows / columns a tile of ty x (tx*kV) inputs needs: ceil spans over the stride.
-        t.ih = (t.ty - 1 + (R - 1) * D) / ST + 2;
-        t.iw = (t.tx * kV - 1 + (R - 1) * D) / ST + 2;
-        t.iw_pad = (t.iw + 3) / 4 * 4;
-        t.smem_bytes = size_t(t.tz) * t.ih * t.iw_pad * sizeof(float);
-        auto k = dw_dgrad_strided_kernel<R, R, ST, D>;
-        allow_smem(k, t.smem_bytes);
-        k<<<dim3(t.gx, t.gy, t.gz), dim3(t.tx, t.ty, t.tz), t.smem_bytes, stream()>>>(
-            gy, w, gx, planes, int(p.C), int(p.H), int(p.W), int(p.P), int(p.Q), int(p.pad), t.ih,
-            t.iw_pad);
-      }
+      by_flag(p.relu_x, [&]<bool MASK>() {
+        const int planes = int(p.N * p.C);
+        if constexpr (ST == 1) {
+          // A correlation of gy (P x Q) with the flipped kernel, padding (R-1)*D - pad.
+          const int pad2 = (R - 1) * D - int(p.pad);
+          const Tiling t = make_tiling(int(p.H), int(p.W), planes, R, R, 1, D);
+          auto k = dw_forward_kernel<R, R, 1, D, true, false, MASK>;
+          allow_smem(k, t.smem_bytes);
+          k<<<dim3(t.gx, t.gy, t.gz), dim3(t.tx, t.ty, t.tz), t.smem_bytes, stream()>>>(
+              gy, w, x, gx, planes, int(p.C), int(p.P), int(p.Q), int(p.H), int(p.W), pad2, t.ih,
+              t.iw_pad);
+        } else {
+          Tiling t = make_tiling(int(p.H), int(p.W), planes, R, R, 1, D);
+          // gy rows / columns a tile of ty x (tx*kV) inputs needs: ceil spans over the stride.
+          t.ih = (t.ty - 1 + (R - 1) * D) / ST + 2;
+          t.iw = (t.tx * kV - 1 + (R - 1) * D) / ST + 2;
+          t.iw_pad = (t.iw + 3) / 4 * 4;
+          t.smem_bytes = size_t(t.tz) * t.ih * t.iw_pad * sizeof(float);
+          auto k = dw_dgrad_strided_kernel<R, R, ST, D, MASK>;
+          allow_smem(k, t.smem_bytes);
+          k<<<dim3(t.gx, t.gy, t.gz), dim3(t.tx, t.ty, t.tz), t.smem_bytes, stream()>>>(
+              gy, w, x, gx, planes, int(p.C), int(p.H), int(p.W), int(p.P), int(p.Q), int(p.pad),
+              t.ih, t.iw_pad);
+        }
+      });
     });
   } else if (is_pointwise(p)) {
-    // gx[n] (C x HW) = W^T (C x K) gy[n] (K x HW)
+    // gx[n] (C x HW) = W^T (C x K) gy[n] (K x HW), then the ReLU's mask
     const int64_t HW = p.H * p.W;
     gemm_batched(true, false, p.C, HW, p.K, 1.f, w, p.C, 0, gy, HW, p.K * HW, 0.f, gx, HW, p.C * HW,
                  p.N);
+    if (p.relu_x) {
+      const int64_t n = p.N * p.C * HW;
+      relu_mask_kernel<<<blocks_for(n, 256), 256, 0, stream()>>>(x, gx, n);
+    }
   } else {
     const int64_t total = p.N * p.C * p.H * p.W;
-    direct_dgrad_kernel<<<blocks_for(total, 256), 256, 0, stream()>>>(dconv(p), gy, w, gx, total);
+    direct_dgrad_kernel<<<blocks_for(total, 256), 256, 0, stream()>>>(dconv(p), gy, w, x, gx,
+                                                                      total);
   }
   TNAS_CUDA_LAUNCHED();
 }
@@ -479,27 +575,41 @@ void conv2d_backward_input(const ConvShape& p, const float* gy, const float* w, 
 void conv2d_backward_weight(const ConvShape& p, const float* x, const float* gy, float* gw) {
   if (is_tiled_depthwise(p)) {
     by_dw_shape(p, [&]<int R, int ST, int D>() {
-      const Tiling t = make_tiling(int(p.P), int(p.Q), int(p.N), R, R, ST, D);
-      const int tiles = int(t.gx * t.gy), blocks = tiles * int(t.gz);
-      const size_t pbytes = size_t(p.C) * blocks * R * R * sizeof(float);
-      float* partial = static_cast<float*>(scratch_alloc(pbytes));
-      auto k = dw_wgrad_partial_kernel<R, R, ST, D>;
-      allow_smem(k, t.smem_bytes);
-      k<<<dim3(unsigned(blocks), unsigned(p.C), 1), dim3(t.tx, t.ty, t.tz), t.smem_bytes,
-          stream()>>>(x, gy, partial, int(p.N), int(p.C), int(p.H), int(p.W), int(p.P), int(p.Q),
-                      int(p.pad), t.ih, t.iw_pad, int(t.gx), int(t.gy));
-      TNAS_CUDA_LAUNCHED();
-      const int outs = int(p.C) * R * R;
-      sum_blocks_kernel<<<blocks_for(outs, 128), 128, 0, stream()>>>(partial, int(p.C), blocks,
-                                                                     R * R, gw);
-      scratch_free(partial, pbytes);
+      by_flag(p.relu_x, [&]<bool RELU>() {
+        const Tiling t = make_tiling(int(p.P), int(p.Q), int(p.N), R, R, ST, D);
+        const int tiles = int(t.gx * t.gy), blocks = tiles * int(t.gz);
+        const size_t pbytes = size_t(p.C) * blocks * R * R * sizeof(float);
+        float* partial = static_cast<float*>(scratch_alloc(pbytes));
+        auto k = dw_wgrad_partial_kernel<R, R, ST, D, RELU>;
+        allow_smem(k, t.smem_bytes);
+        k<<<dim3(unsigned(blocks), unsigned(p.C), 1), dim3(t.tx, t.ty, t.tz), t.smem_bytes,
+            stream()>>>(x, gy, partial, int(p.N), int(p.C), int(p.H), int(p.W), int(p.P), int(p.Q),
+                        int(p.pad), t.ih, t.iw_pad, int(t.gx), int(t.gy));
+        TNAS_CUDA_LAUNCHED();
+        const int outs = int(p.C) * R * R;
+        sum_blocks_kernel<<<blocks_for(outs, 128), 128, 0, stream()>>>(partial, int(p.C), blocks,
+                                                                       R * R, gw);
+        scratch_free(partial, pbytes);
+      });
     });
   } else if (is_pointwise(p)) {
-    // gw (K x C) = sum_n gy[n] (K x HW) x[n]^T (HW x C): one GEMM per image, accumulating.
-    const int64_t HW = p.H * p.W;
-    for (int64_t n = 0; n < p.N; ++n)
-      gemm(false, true, p.K, p.C, HW, 1.f, gy + n * p.K * HW, HW, x + n * p.C * HW, HW,
-           n == 0 ? 0.f : 1.f, gw, p.C);
+    // gw (K x C) = sum_n gy[n] (K x HW) x[n]^T (HW x C): one strided-batched GEMM into
+    // per-image partials, summed over the images in a fixed order (two launches for any N,
+    // where a GEMM per image accumulating into gw costs N launches).
+    const int64_t HW = p.H * p.W, KC = p.K * p.C;
+    const ReluCopy xin(p, x);
+    if (p.N == 0) {  // no images: a zero gradient
+      TNAS_CUDA_CHECK(cudaMemsetAsync(gw, 0, size_t(KC) * sizeof(float), stream()));
+    } else if (p.N == 1) {
+      gemm(false, true, p.K, p.C, HW, 1.f, gy, HW, xin.get(), HW, 0.f, gw, p.C);
+    } else {
+      const size_t pbytes = size_t(p.N * KC) * sizeof(float);
+      float* partial = static_cast<float*>(scratch_alloc(pbytes));
+      gemm_batched(false, true, p.K, p.C, HW, 1.f, gy, HW, p.K * HW, xin.get(), HW, p.C * HW, 0.f,
+                   partial, p.C, KC, p.N);
+      sum_batches_kernel<<<blocks_for(KC, 256), 256, 0, stream()>>>(partial, int(p.N), KC, gw);
+      scratch_free(partial, pbytes);
+    }
   } else {
     const int64_t total = p.K * (p.C / p.groups) * p.R * p.S;
     direct_wgrad_kernel<<<unsigned(total), 256, 0, stream()>>>(dconv(p), x, gy, gw);

@@ -520,6 +520,7 @@ void check_shape(const ConvShape& p) {
   TNAS_CHECK(p.groups >= 1 && p.C % p.groups == 0 && p.K % p.groups == 0 && p.stride >= 1 &&
                  p.dil >= 1 && p.pad >= 0,
              "xnor_conv2d (cuda): bad shape");
+  TNAS_CHECK(!p.relu_x, "xnor_conv2d (cuda): relu_x is for the float conv kernels");
   TNAS_CHECK(fits_int32(p), "xnor_conv2d (cuda): tensors of 2^31 or more elements");
 }
 
@@ -552,7 +553,7 @@ void xnor_conv2d(const ConvShape& p, const float* x, const float* w, float* y) {
 
 void xnor_gemm(int64_t M, int64_t N, int64_t K, const float* A, const float* B, float* C) {
   // A as x [M, K, 1, 1], B as w [N, K, 1, 1]: y [M, N, 1, 1] is C.
-  const ConvShape p{M, K, 1, 1, N, 1, 1, 1, 0, 1, 1, 1, 1};
+  const ConvShape p{M, K, 1, 1, N, 1, 1, 1, 0, 1, 1, 1, 1, false};
   xnor_conv2d(p, A, B, C);
 }
 

@@ -133,15 +133,16 @@ TEST_CASE("cuda: depthwise and dilated depthwise conv, every kernel size / strid
         for (auto shape : {Shape{3, 5, 7, 9}, Shape{2, 4, 16, 16}, Shape{1, 3, 13, 37}}) {
           const int64_t C = shape[1];
           Tensor x = rnd(shape, 10 + R), w = rnd({C, 1, R, R}, 20 + R, 0.5);
+          const std::string what = "dw R=" + std::to_string(R) + " s=" + std::to_string(stride) +
+                                   " d=" + std::to_string(dil) + " " + shape.str();
+          const Conv2dOptions o{
+              .stride = stride, .padding = pad, .dilation = dil, .groups = int(C)};
           compare(
-              "dw R=" + std::to_string(R) + " s=" + std::to_string(stride) +
-                  " d=" + std::to_string(dil) + " " + shape.str(),
-              [&](const V& v) {
-                return conv2d(
-                    v[0], v[1],
-                    {.stride = stride, .padding = pad, .dilation = dil, .groups = int(C)});
-              },
-              {x, w}, 1e-4);
+              what, [&](const V& v) { return conv2d(v[0], v[1], o); }, {x, w}, 1e-4);
+          // the ReLU fused into the kernels (read as max(x, 0), dx masked by x > 0)
+          compare(
+              "relu " + what, [&](const V& v) { return relu_conv2d(v[0], v[1], o); },
+              {testing::with_zeros(x), w}, 1e-4);
         }
       }
 }
@@ -158,6 +159,19 @@ TEST_CASE("cuda: pointwise, dense, grouped and strided conv, with bias; linear a
   compare("grouped 3x3 stride 2",
           [](const V& v) { return conv2d(v[0], v[1], {.stride = 2, .padding = 1, .groups = 2}); },
           {x, rnd({4, 3, 3, 3}, 35)});
+  // the ReLU fused into each path: cuBLAS (batched and single image), direct kernels
+  Tensor xz = testing::with_zeros(x);
+  compare("relu pointwise with bias", [](const V& v) { return relu_conv2d(v[0], v[1], {}, v[2]); },
+          {xz, rnd({5, 6, 1, 1}, 53), rnd({5}, 54)});
+  compare("relu pointwise, one image", [](const V& v) { return relu_conv2d(v[0], v[1]); },
+          {testing::with_zeros(rnd({1, 6, 5, 4}, 55)), rnd({3, 6, 1, 1}, 56)});
+  compare("relu 1x1 stride 2", [](const V& v) { return relu_conv2d(v[0], v[1], {.stride = 2}); },
+          {xz, rnd({4, 6, 1, 1}, 57)});
+  compare("relu dense 3x3", [](const V& v) { return relu_conv2d(v[0], v[1], {.padding = 1}); },
+          {xz, rnd({5, 6, 3, 3}, 58)});
+  // pointwise weight gradient over many images (one batched GEMM + a fixed-order sum)
+  compare("pointwise, 37 images", [](const V& v) { return conv2d(v[0], v[1]); },
+          {rnd({37, 16, 6, 5}, 59), rnd({24, 16, 1, 1}, 60)});
   compare("linear", [](const V& v) { return linear(v[0], v[1], v[2]); },
           {rnd({7, 11}, 36), rnd({5, 11}, 37), rnd({5}, 38)});
   compare("matmul", [](const V& v) { return matmul(v[0], v[1]); },

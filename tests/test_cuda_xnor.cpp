@@ -102,7 +102,7 @@ struct ConvCase {
 backend::ConvShape conv_shape(const ConvCase& c) {
   const int64_t P = (c.H + 2 * c.pad - c.dil * (c.R - 1) - 1) / c.stride + 1;
   const int64_t Q = (c.W + 2 * c.pad - c.dil * (c.S - 1) - 1) / c.stride + 1;
-  return {c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.stride, c.pad, c.dil, c.groups, P, Q};
+  return {c.N, c.C, c.H, c.W, c.K, c.R, c.S, c.stride, c.pad, c.dil, c.groups, P, Q, false};
 }
 
 std::string describe(const ConvCase& c) {

@@ -379,6 +379,22 @@ TEST_CASE(
   compare("relu_conv2d depthwise",
           [](const V& v) { return relu_conv2d(v[0], v[1], {.padding = 1, .groups = 6}); },
           {x, rnd({6, 1, 3, 3}, 48)});
+  // The ReLU fused into the device kernels (ConvShape::relu_x) on every conv path; x has exact
+  // zeros, where relu'(0) = 0 as on the CPU.
+  Tensor xz = testing::with_zeros(x);
+  compare("relu_conv2d pointwise with bias",
+          [](const V& v) { return relu_conv2d(v[0], v[1], {}, v[2]); },
+          {xz, rnd({5, 6, 1, 1}, 53), rnd({5}, 54)});
+  compare("relu_conv2d pointwise, one image", [](const V& v) { return relu_conv2d(v[0], v[1]); },
+          {testing::with_zeros(rnd({1, 6, 5, 4}, 55)), rnd({3, 6, 1, 1}, 56)});
+  compare("relu_conv2d 1x1 stride 2",
+          [](const V& v) { return relu_conv2d(v[0], v[1], {.stride = 2}); },
+          {xz, rnd({4, 6, 1, 1}, 57)});
+  compare("relu_conv2d dilated depthwise 5x5 stride 2",
+          [](const V& v) {
+            return relu_conv2d(v[0], v[1], {.stride = 2, .padding = 4, .dilation = 2, .groups = 6});
+          },
+          {xz, rnd({6, 1, 5, 5}, 58)});
   compare("linear", [](const V& v) { return linear(v[0], v[1], v[2]); },
           {rnd({7, 11}, 36), rnd({5, 11}, 37), rnd({5}, 38)});
   compare("linear without bias", [](const V& v) { return linear(v[0], v[1]); },

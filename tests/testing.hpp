@@ -20,6 +20,19 @@ inline Tensor param(const Shape& s, Rng& rng, double stddev = 1.0) {
   return t;
 }
 
+// A copy of the CPU tensor t with every `every`-th element exactly 0 (where relu'(0) = 0 is
+// the convention every ReLU path must keep).
+inline Tensor with_zeros(const Tensor& t, int64_t every = 5) {
+  Tensor z = t.contiguous().clone();
+  for (int64_t i = 0; i < z.numel(); i += every) {
+    if (z.dtype() == DType::f32)
+      z.data<float>()[i] = 0.f;
+    else
+      z.data<double>()[i] = 0.0;
+  }
+  return z;
+}
+
 // Checks gradients of f at inputs, reporting the worst element on failure.
 #define TNAS_CHECK_GRADS(f, inputs, ...)                             \
   do {                                                               \

@@ -306,25 +306,42 @@ inline void check_conv(const backend::ConvShape& s, const float* x, const float*
   dev_n(w, s.K * (s.C / s.groups) * s.R * s.S, kernel, nw);
   dev_n(y, s.N * s.K * s.P * s.Q, kernel, ny);
 }
+// max(x, 0) of the conv input x [N, C, H, W] (ConvShape::relu_x), as a host copy.
+inline std::vector<float> relu_copy(const backend::ConvShape& s, const float* x) {
+  std::vector<float> r(size_t(s.N * s.C * s.H * s.W));
+  for (size_t i = 0; i < r.size(); ++i) r[i] = x[i] > 0.f ? x[i] : 0.f;
+  return r;
+}
 inline void conv2d_forward(const backend::ConvShape& s, const float* x, const float* w, float* y) {
   DeviceAccess access;
   const cpu::Conv2dParams p = conv_params(s, "conv2d_forward");
   check_conv(s, x, w, y, "conv2d_forward", "x", "w", "y");
-  cpu::conv2d_forward<float>(p, x, w, y);
+  if (s.relu_x)
+    cpu::conv2d_forward<float>(p, relu_copy(s, x).data(), w, y);
+  else
+    cpu::conv2d_forward<float>(p, x, w, y);
 }
 inline void conv2d_backward_input(const backend::ConvShape& s, const float* gy, const float* w,
-                                  float* gx) {
+                                  const float* x, float* gx) {
   DeviceAccess access;
   const cpu::Conv2dParams p = conv_params(s, "conv2d_backward_input");
   check_conv(s, gx, w, gy, "conv2d_backward_input", "gx", "w", "gy");
   cpu::conv2d_backward_input<float>(p, gy, w, gx);
+  if (s.relu_x) {  // the mask needs the forward's input, of gx's shape
+    dev_n(x, s.N * s.C * s.H * s.W, "conv2d_backward_input", "x");
+    for (int64_t i = 0; i < s.N * s.C * s.H * s.W; ++i)
+      if (!(x[i] > 0.f)) gx[i] = 0.f;
+  }
 }
 inline void conv2d_backward_weight(const backend::ConvShape& s, const float* x, const float* gy,
                                    float* gw) {
   DeviceAccess access;
   const cpu::Conv2dParams p = conv_params(s, "conv2d_backward_weight");
   check_conv(s, x, gw, gy, "conv2d_backward_weight", "x", "gw", "gy");
-  cpu::conv2d_backward_weight<float>(p, x, gy, gw);
+  if (s.relu_x)
+    cpu::conv2d_backward_weight<float>(p, relu_copy(s, x).data(), gy, gw);
+  else
+    cpu::conv2d_backward_weight<float>(p, x, gy, gw);
 }
 inline void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                  int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
@@ -615,6 +632,7 @@ inline void cross_entropy_forward(int64_t B, int64_t K, const float* x, const fl
 inline void xnor_conv2d(const backend::ConvShape& s, const float* x, const float* w, float* y) {
   DeviceAccess access;
   (void)conv_params(s, "xnor_conv2d");
+  TNAS_CHECK(!s.relu_x, "emulated device: xnor_conv2d: relu_x is for the float conv kernels");
   check_conv(s, x, w, y, "xnor_conv2d", "x", "w", "y");
   if (s.N == 0) return;
   cpu::xnor::conv2d(

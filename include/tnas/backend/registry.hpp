@@ -22,9 +22,12 @@
 namespace tnas::backend {
 
 // A 2-D convolution: input [N, C, H, W], weight [K, C/groups, R, S], output [N, K, P, Q]. Square
-// stride / padding / dilation, as ops/conv.hpp's options.
+// stride / padding / dilation, as ops/conv.hpp's options. relu_x: the convolution reads
+// max(x, 0) where it reads x (the ReLU fused into its consumer; the float conv kernels only,
+// xnor_conv2d takes it false).
 struct ConvShape {
   int64_t N, C, H, W, K, R, S, stride, pad, dil, groups, P, Q;
+  bool relu_x = false;
 };
 // A 2-D pooling window: input [N, C, H, W], output [N, C, P, Q], window k x k.
 struct PoolShape {
@@ -72,9 +75,11 @@ struct Kernels {
                      double factor) = nullptr;
 
   // ---- convolution (float32) --------------------------------------------------------------
-  // Every conv kernel overwrites its output.
+  // Every conv kernel overwrites its output. With p.relu_x, forward and backward-weight read
+  // max(x, 0) for x, and backward-input multiplies its result by (x > 0): x is then the
+  // forward's input (read only then; may be null otherwise).
   void (*conv2d_forward)(const ConvShape& p, const float* x, const float* w, float* y) = nullptr;
-  void (*conv2d_backward_input)(const ConvShape& p, const float* gy, const float* w,
+  void (*conv2d_backward_input)(const ConvShape& p, const float* gy, const float* w, const float* x,
                                 float* gx) = nullptr;
   void (*conv2d_backward_weight)(const ConvShape& p, const float* x, const float* gy,
                                  float* gw) = nullptr;

@@ -40,8 +40,9 @@ inline cpu::Conv2dParams conv_params(const Tensor& x, const Tensor& w, const Con
              w.shape(), " with padding ", o.padding, " and dilation ", o.dilation);
   return p;
 }
-inline backend::ConvShape conv_shape(const cpu::Conv2dParams& p) {
-  return {p.N, p.C, p.H, p.W, p.K, p.R, p.S, p.stride_h, p.pad_h, p.dil_h, p.groups, p.P(), p.Q()};
+inline backend::ConvShape conv_shape(const cpu::Conv2dParams& p, bool relu_x = false) {
+  return {p.N,        p.C,     p.H,     p.W,      p.K,   p.R,   p.S,
+          p.stride_h, p.pad_h, p.dil_h, p.groups, p.P(), p.Q(), relu_x};
 }
 // The per-channel bias as a view of the output's shape [N, K, P, Q] (stride 0 but on K).
 inline backend::View bias_view(const cpu::Conv2dParams& p) {
@@ -54,20 +55,23 @@ inline backend::View bias_view(const cpu::Conv2dParams& p) {
 }  // namespace ops::detail
 
 namespace ops::detail {
-// The backward of conv2d: xd shapes dx, xw is the input the weight gradient reads.
+// The backward of conv2d: xd shapes dx, xw is the input the weight gradient reads. relu_x (a
+// device only): the kernels apply the ReLU themselves, xd = xw is the ReLU's input.
 inline std::vector<Tensor> conv2d_impl_backward(const cpu::Conv2dParams& p, const Tensor& g,
                                                 const Tensor& xd, const Tensor& xw,
-                                                const Tensor& wd, bool gx, bool gw, bool gb) {
+                                                const Tensor& wd, bool gx, bool gw, bool gb,
+                                                bool relu_x = false) {
   using K = backend::Kernels;
   Tensor dx, dw, db;
 
   if (g.device() != Device::cpu) {
     const Device d = g.device();
-    const backend::ConvShape cs = ops::detail::conv_shape(p);
+    const backend::ConvShape cs = ops::detail::conv_shape(p, relu_x);
     if (gx) {
       dx = Tensor::empty(xd.shape(), g.dtype(), d);
       backend::kernel_f32("conv2d backward", d, g.dtype(), &K::conv2d_backward_input)(
-          cs, g.data<float>(), wd.data<float>(), dx.data<float>());
+          cs, g.data<float>(), wd.data<float>(), relu_x ? xd.data<float>() : nullptr,
+          dx.data<float>());
     }
     if (gw) {
       dw = Tensor::empty(wd.shape(), g.dtype(), d);
@@ -82,6 +86,7 @@ inline std::vector<Tensor> conv2d_impl_backward(const cpu::Conv2dParams& p, cons
     }
     return std::vector<Tensor>{dx, dw, db};
   }
+  TNAS_CHECK(!relu_x, "conv2d backward: the CPU kernels take the ReLU applied outside");
   dispatch(g.dtype(), [&]<class T>() {
     if (gx) {
       dx = Tensor::empty(xd.shape(), g.dtype(), g.device());
@@ -107,14 +112,9 @@ inline std::vector<Tensor> conv2d_impl_backward(const cpu::Conv2dParams& p, cons
   return std::vector<Tensor>{dx, dw, db};
 }
 
-// g * (x > 0), the ReLU's backward from its input.
+// g * (x > 0), the ReLU's backward from its input (CPU tensors; the device kernels fuse it).
 inline Tensor relu_mask(const Tensor& g, const Tensor& x) {
   Tensor out = Tensor::empty(g.shape(), g.dtype(), g.device());
-  if (g.device() != Device::cpu) {  // relu's derivative from y > 0 equals the one from x > 0
-    backend::kernel("relu_conv2d backward", g.device(), &backend::Kernels::unary_backward)(
-        backend::UnaryOp::relu, g.dtype(), g.raw(), x.raw(), x.raw(), out.raw(), g.numel());
-    return out;
-  }
   dispatch(g.dtype(), [&]<class T>() {
     const T* pg = g.data<T>();
     const T* px = x.data<T>();
@@ -129,19 +129,22 @@ inline Tensor relu_mask(const Tensor& g, const Tensor& x) {
 
 namespace ops::detail {
 // conv2d(relu_input ? relu(x0) : x0, w0) + bias. With relu_input the tape keeps x0 instead of
-// relu(x0) and recomputes the ReLU in the backward (one cheap pass), so the ReLU output of
-// ReLU -> Conv chains (every DARTS candidate) is never held between forward and backward.
+// relu(x0), so the ReLU output of ReLU -> Conv chains (every DARTS candidate) is never held
+// between forward and backward. On the CPU the ReLU is a pass of its own, recomputed in the
+// backward; a device's conv kernels apply it as they read x and mask dx with x > 0 (one launch
+// and one tensor fewer each way: ConvShape::relu_x).
 inline Tensor conv2d_impl(const Tensor& x0, const Tensor& w0, const Conv2dOptions& o,
                           const Tensor& bias, bool relu_input) {
   cpu::Conv2dParams p = ops::detail::conv_params(x0, w0, o);
   Tensor x = x0.contiguous(), w = w0.contiguous();
-  Tensor xin = x;  // what the convolution reads
-  if (relu_input) {
+  const Device dev = x.device();
+  const bool fused = relu_input && dev != Device::cpu;  // the kernels apply the ReLU
+  Tensor xin = x;                                       // what the convolution reads
+  if (relu_input && !fused) {
     NoGrad ng;
     xin = relu(x);
   }
   Tensor y = Tensor::empty({p.N, p.K, p.P(), p.Q()}, x.dtype(), x.device());
-  const Device dev = x.device();
   using K = backend::Kernels;
   if (dev == Device::cpu)
     dispatch(x.dtype(), [&]<class T>() {
@@ -149,8 +152,8 @@ inline Tensor conv2d_impl(const Tensor& x0, const Tensor& w0, const Conv2dOption
     });
   else
     backend::kernel_f32("conv2d", dev, x.dtype(), &K::conv2d_forward)(
-        ops::detail::conv_shape(p), xin.data<float>(), w.data<float>(), y.data<float>());
-  xin = Tensor();  // with relu_input, the temporary goes back to the allocator here
+        ops::detail::conv_shape(p, fused), xin.data<float>(), w.data<float>(), y.data<float>());
+  xin = Tensor();  // with a CPU relu_input, the temporary goes back to the allocator here
   if (bias.defined()) {
     ops::detail::require_same("conv2d", x0, bias);
     TNAS_CHECK(bias.rank() == 1 && bias.dim(0) == p.K, "conv2d: bias of shape ", bias.shape(),
@@ -178,6 +181,7 @@ inline Tensor conv2d_impl(const Tensor& x0, const Tensor& w0, const Conv2dOption
         relu_input ? "relu_conv2d" : "conv2d", y, {&x0, &w0, &bias}, [=](const Tensor& g0) {
           Tensor g = g0.contiguous();
           Tensor dx, dw, db;
+          if (fused) return conv2d_impl_backward(p, g, xd, xd, wd, gx, gw, gb, true);
           if (relu_input) {  // dx = relu'(x) * conv_backward_input(g), dw from relu(x) recomputed
             Tensor xr = gw ? relu(xd) : Tensor();
             auto grads = conv2d_impl_backward(p, g, xd, xr, wd, gx, gw, gb);
