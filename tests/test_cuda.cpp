@@ -210,33 +210,43 @@ TEST_CASE("cuda: mixed-op weighted sum") {
 
 TEST_CASE("cuda: batch norm, train and eval, affine or not") {
   SKIP_WITHOUT_GPU();
-  const Shape s{3, 5, 7, 9};
-  for (bool affine : {true, false}) {
-    Tensor rm_c = rnd({5}, 70, 0.1), rv_c = add_scalar(square(rnd({5}, 71)), 0.5);
-    Tensor rm_d = rm_c.to(Device::cuda), rv_d = rv_c.to(Device::cuda);
-    V in{rnd(s, 72)};
-    if (affine) in.push_back(rnd({5}, 73)), in.push_back(rnd({5}, 74));
-    int calls = 0;
-    compare(
-        std::string("batch_norm train affine=") + (affine ? "1" : "0"),
-        [&](const V& v) {
-          const bool dev = v[0].device() == Device::cuda;
-          ++calls;
-          return batch_norm(v[0], affine ? v[1] : Tensor(), affine ? v[2] : Tensor(),
-                            dev ? rm_d : rm_c, dev ? rv_d : rv_c, {.training = true});
-        },
-        in);
-    CHECK(calls == 2);
-    CHECK(max_abs_diff(rm_c, rm_d.cpu()) < 1e-5);
-    CHECK(max_abs_diff(rv_c, rv_d.cpu()) < 1e-5);
-    compare(
-        std::string("batch_norm eval affine=") + (affine ? "1" : "0"),
-        [&](const V& v) {
-          const bool dev = v[0].device() == Device::cuda;
-          return batch_norm(v[0], affine ? v[1] : Tensor(), affine ? v[2] : Tensor(),
-                            dev ? rm_d : rm_c, dev ? rv_d : rv_c, {.training = false});
-        },
-        in);
+  // one block per channel; channels split over 6 blocks with chunks that end inside a row; the
+  // same with a large mean and a small spread (the chunks' statistics merged without losing it)
+  struct Case {
+    Shape s;
+    double offset, spread;
+  };
+  for (const Case& k :
+       {Case{{3, 5, 7, 9}, 0, 1}, Case{{7, 3, 37, 41}, 0, 1}, Case{{7, 3, 37, 41}, 100, 0.01}}) {
+    const int64_t C = k.s[1];
+    for (bool affine : {true, false}) {
+      INFO("shape ", k.s.str(), " offset ", k.offset);
+      Tensor rm_c = rnd({C}, 70, 0.1), rv_c = add_scalar(square(rnd({C}, 71)), 0.5);
+      Tensor rm_d = rm_c.to(Device::cuda), rv_d = rv_c.to(Device::cuda);
+      V in{add_scalar(rnd(k.s, 72, k.spread), k.offset)};
+      if (affine) in.push_back(rnd({C}, 73)), in.push_back(rnd({C}, 74));
+      int calls = 0;
+      compare(
+          std::string("batch_norm train affine=") + (affine ? "1" : "0"),
+          [&](const V& v) {
+            const bool dev = v[0].device() == Device::cuda;
+            ++calls;
+            return batch_norm(v[0], affine ? v[1] : Tensor(), affine ? v[2] : Tensor(),
+                              dev ? rm_d : rm_c, dev ? rv_d : rv_c, {.training = true});
+          },
+          in);
+      CHECK(calls == 2);
+      CHECK(max_abs_diff(rm_c, rm_d.cpu()) < 1e-5 * (1 + k.offset));
+      CHECK(max_abs_diff(rv_c, rv_d.cpu()) < 1e-5);
+      compare(
+          std::string("batch_norm eval affine=") + (affine ? "1" : "0"),
+          [&](const V& v) {
+            const bool dev = v[0].device() == Device::cuda;
+            return batch_norm(v[0], affine ? v[1] : Tensor(), affine ? v[2] : Tensor(),
+                              dev ? rm_d : rm_c, dev ? rv_d : rv_c, {.training = false});
+          },
+          in);
+    }
   }
 }
 
