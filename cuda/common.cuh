@@ -106,6 +106,8 @@ void batch_norm_forward_eval(int64_t N, int64_t C, int64_t HW, const float* x, c
 void batch_norm_backward(int64_t N, int64_t C, int64_t HW, const float* x, const float* gy,
                          const float* gamma, const float* mean, const float* invstd, float* gx,
                          float* dgamma, float* dbeta);
+void batch_norm_backward_from_output(int64_t N, int64_t C, int64_t HW, const float* xhat,
+                                     const float* gy, const float* invstd, float* gx);
 void batch_norm_backward_eval(int64_t N, int64_t C, int64_t HW, const float* x, const float* gy,
                               const float* gamma, const float* mean, const float* var, float eps,
                               float* gx, float* dgamma, float* dbeta);

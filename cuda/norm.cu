@@ -122,6 +122,14 @@ __global__ void bn_eval_forward_kernel(int64_t C, int64_t HW, int64_t total,
 
 // Training backward, split as the forward: per-chunk sums of gy and gy * xhat, then
 // gx = gamma * invstd * (gy - mean(gy) - xhat * mean(gy * xhat)) from the merged sums.
+// FROM_OUTPUT (a non-affine forward): x is xhat itself, mean and gamma are not read.
+template <bool FROM_OUTPUT>
+__device__ __forceinline__ float xhat_of(const float* __restrict__ x, int64_t k, float mu,
+                                         float inv) {
+  return FROM_OUTPUT ? x[k] : (x[k] - mu) * inv;
+}
+
+template <bool FROM_OUTPUT>
 __global__ void __launch_bounds__(kThreads)
     bn_backward_partial_kernel(int64_t N, int64_t C, int64_t HW, const float* __restrict__ x,
                                const float* __restrict__ gy, const float* __restrict__ mean,
@@ -130,13 +138,13 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ double smem[32];
   const int64_t c = blockIdx.y, cnt = N * HW;
   const int64_t j0 = blockIdx.x * chunk, j1 = min(cnt, j0 + chunk);
-  const float mu = mean[c], inv = invstd[c];
+  const float mu = FROM_OUTPUT ? 0.f : mean[c], inv = invstd[c];
   double sg = 0, sgx = 0;
   for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
     const int64_t k = at(j, C, HW, c);
     const float g = gy[k];
     sg += g;
-    sgx += double(g) * double((x[k] - mu) * inv);
+    sgx += double(g) * double(xhat_of<FROM_OUTPUT>(x, k, mu, inv));
   }
   sg = block_sum(sg, smem);
   sgx = block_sum(sgx, smem);
@@ -146,36 +154,35 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+template <bool FROM_OUTPUT>
 __global__ void __launch_bounds__(kThreads)
     bn_backward_apply_kernel(int64_t N, int64_t C, int64_t HW, const float* __restrict__ x,
                              const float* __restrict__ gy, const float* __restrict__ gamma,
                              const float* __restrict__ mean, const float* __restrict__ invstd,
                              int64_t chunk, const double* __restrict__ part, float* __restrict__ gx,
                              float* __restrict__ dgamma, float* __restrict__ dbeta) {
-  __shared__ float coef[2];
+  __shared__ double smem[32];
   const int64_t c = blockIdx.y, cnt = N * HW;
-  if (threadIdx.x == 0) {
-    double sg = 0, sgx = 0;
-    for (unsigned k = 0; k < gridDim.x; ++k) {
-      const double* p = part + (c * gridDim.x + k) * 2;
-      sg += p[0], sgx += p[1];
-    }
-    coef[0] = float(sg / double(cnt));
-    coef[1] = float(sgx / double(cnt));
-    if (blockIdx.x == 0) {
-      if (dgamma) dgamma[c] = float(sgx);
-      if (dbeta) dbeta[c] = float(sg);
-    }
+  // the channel's partials, summed by the block in a fixed order (the same bits every run)
+  double sg = 0, sgx = 0;
+  for (unsigned k = threadIdx.x; k < gridDim.x; k += blockDim.x) {
+    const double* p = part + (c * gridDim.x + k) * 2;
+    sg += p[0], sgx += p[1];
   }
-  __syncthreads();
+  sg = block_sum(sg, smem);
+  sgx = block_sum(sgx, smem);
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    if (dgamma) dgamma[c] = float(sgx);
+    if (dbeta) dbeta[c] = float(sg);
+  }
   if (!gx) return;
-  const float mu = mean[c], inv = invstd[c];
-  const float a = (gamma ? gamma[c] : 1.f) * inv, mg = coef[0], mgx = coef[1];
+  const float mu = FROM_OUTPUT ? 0.f : mean[c], inv = invstd[c];
+  const float a = (!FROM_OUTPUT && gamma ? gamma[c] : 1.f) * inv;
+  const float mg = float(sg / double(cnt)), mgx = float(sgx / double(cnt));
   const int64_t j0 = blockIdx.x * chunk, j1 = min(cnt, j0 + chunk);
   for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
     const int64_t k = at(j, C, HW, c);
-    const float xh = (x[k] - mu) * inv;
-    gx[k] = a * (gy[k] - mg - xh * mgx);
+    gx[k] = a * (gy[k] - mg - xhat_of<FROM_OUTPUT>(x, k, mu, inv) * mgx);
   }
 }
 
@@ -232,21 +239,35 @@ void batch_norm_forward_eval(int64_t N, int64_t C, int64_t HW, const float* x, c
                                                                        mean, var, eps, y);
   TNAS_CUDA_LAUNCHED();
 }
-void batch_norm_backward(int64_t N, int64_t C, int64_t HW, const float* x, const float* gy,
-                         const float* gamma, const float* mean, const float* invstd, float* gx,
-                         float* dgamma, float* dbeta) {
+namespace {
+// The split training backward (see split_for); x is xhat when FROM_OUTPUT.
+template <bool FROM_OUTPUT>
+void bn_backward(int64_t N, int64_t C, int64_t HW, const float* x, const float* gy,
+                 const float* gamma, const float* mean, const float* invstd, float* gx,
+                 float* dgamma, float* dbeta) {
   if (C == 0) return;
   const Split sp = split_for(N * HW, C);
   const size_t bytes = size_t(C * sp.splits) * 2 * sizeof(double);
   double* part = static_cast<double*>(scratch_alloc(bytes));
   const dim3 grid(unsigned(sp.splits), unsigned(C));
-  bn_backward_partial_kernel<<<grid, kThreads, 0, stream()>>>(N, C, HW, x, gy, mean, invstd,
-                                                              sp.chunk, part);
+  bn_backward_partial_kernel<FROM_OUTPUT>
+      <<<grid, kThreads, 0, stream()>>>(N, C, HW, x, gy, mean, invstd, sp.chunk, part);
   TNAS_CUDA_LAUNCHED();
-  bn_backward_apply_kernel<<<grid, kThreads, 0, stream()>>>(N, C, HW, x, gy, gamma, mean, invstd,
-                                                            sp.chunk, part, gx, dgamma, dbeta);
+  bn_backward_apply_kernel<FROM_OUTPUT><<<grid, kThreads, 0, stream()>>>(
+      N, C, HW, x, gy, gamma, mean, invstd, sp.chunk, part, gx, dgamma, dbeta);
   TNAS_CUDA_LAUNCHED();
   scratch_free(part, bytes);
+}
+}  // namespace
+
+void batch_norm_backward(int64_t N, int64_t C, int64_t HW, const float* x, const float* gy,
+                         const float* gamma, const float* mean, const float* invstd, float* gx,
+                         float* dgamma, float* dbeta) {
+  bn_backward<false>(N, C, HW, x, gy, gamma, mean, invstd, gx, dgamma, dbeta);
+}
+void batch_norm_backward_from_output(int64_t N, int64_t C, int64_t HW, const float* xhat,
+                                     const float* gy, const float* invstd, float* gx) {
+  bn_backward<true>(N, C, HW, xhat, gy, nullptr, nullptr, invstd, gx, nullptr, nullptr);
 }
 void batch_norm_backward_eval(int64_t N, int64_t C, int64_t HW, const float* x, const float* gy,
                               const float* gamma, const float* mean, const float* var, float eps,

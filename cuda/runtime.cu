@@ -158,7 +158,7 @@ extern "C" void tnas_cuda_register() {
   h.graph_replay = graph_replay;
   h.graph_destroy = graph_destroy;
 
-  static_assert(backend::kKernelCount == 30,
+  static_assert(backend::kKernelCount == 31,
                 "backend::Kernels changed: register the new kernels here");
   backend::Kernels& k = backend::kernels(Device::cuda);
   k.unary = unary;
@@ -177,6 +177,7 @@ extern "C" void tnas_cuda_register() {
   k.batch_norm_forward_train = batch_norm_forward_train;
   k.batch_norm_forward_eval = batch_norm_forward_eval;
   k.batch_norm_backward = batch_norm_backward;
+  k.batch_norm_backward_from_output = batch_norm_backward_from_output;
   k.batch_norm_backward_eval = batch_norm_backward_eval;
   k.weighted_sum_forward = weighted_sum_forward;
   k.weighted_sum_backward = weighted_sum_backward;

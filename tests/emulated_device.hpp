@@ -89,6 +89,7 @@ inline void install_emulated_device() {
     k.batch_norm_forward_eval = E::Enqueue<&E::batch_norm_forward_eval>::call;
     k.batch_norm_backward = E::Enqueue<&E::batch_norm_backward>::call;
     k.batch_norm_backward_eval = E::Enqueue<&E::batch_norm_backward_eval>::call;
+    k.batch_norm_backward_from_output = E::Enqueue<&E::batch_norm_backward_from_output>::call;
     k.weighted_sum_forward = E::weighted_sum_forward_q;
     k.weighted_sum_backward = E::weighted_sum_backward_q;
     k.log_softmax_forward = E::Enqueue<&E::log_softmax_forward>::call;

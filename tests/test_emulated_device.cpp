@@ -488,6 +488,19 @@ TEST_CASE("emulated device: batch norm, train and eval, affine or not") {
           in);
     }
   }
+  // A non-affine training batch norm (every DARTS candidate's last layer) back-propagates from
+  // its output: the tape does not keep its input alive.
+  Tensor leaf = rnd({4, 3, 8, 8}, 75).to(Device::cuda);
+  leaf.set_requires_grad();
+  Tensor x = scale(leaf, 2.0);  // an intermediate whose own backward keeps nothing
+  const size_t before = allocator(Device::cuda).stats().live_bytes;
+  Tensor y = batch_norm(x, Tensor(), Tensor(), Tensor(), Tensor(), {.training = true});
+  const size_t with_x = allocator(Device::cuda).stats().live_bytes;
+  x = Tensor();
+  CHECK(allocator(Device::cuda).stats().live_bytes + leaf.nbytes() <= with_x);
+  CHECK(with_x > before);
+  backward(sum(square(y)));
+  CHECK(leaf.grad().defined());
 }
 
 TEST_CASE("emulated device: softmax, log_softmax, cross-entropy") {

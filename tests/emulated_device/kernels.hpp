@@ -469,6 +469,17 @@ inline void batch_norm_backward(int64_t N, int64_t C, int64_t HW, const float* x
   if (dbeta) dev_n(dbeta, C, k, "dbeta");
   cpu::batch_norm_backward<float>(N, C, HW, x, gy, gamma, mean, invstd, gx, dgamma, dbeta);
 }
+inline void batch_norm_backward_from_output(int64_t N, int64_t C, int64_t HW, const float* xhat,
+                                            const float* gy, const float* invstd, float* gx) {
+  DeviceAccess access;
+  const char* k = "batch_norm_backward_from_output";
+  check_bn(N, C, HW, k);
+  dev_n(xhat, N * C * HW, k, "xhat");
+  dev_n(gy, N * C * HW, k, "gy");
+  dev_n(gx, N * C * HW, k, "gx");
+  dev_n(invstd, C, k, "invstd");
+  cpu::batch_norm_backward_from_output<float>(N, C, HW, xhat, gy, invstd, gx);
+}
 // ops/norm.hpp's evaluation backward, as its CPU loop.
 inline void batch_norm_backward_eval(int64_t N, int64_t C, int64_t HW, const float* x,
                                      const float* gy, const float* gamma, const float* mean,

@@ -35,7 +35,7 @@
 namespace tnas::testing {
 namespace emulated_detail {
 
-static_assert(backend::kKernelCount == 30,
+static_assert(backend::kKernelCount == 31,
               "backend::Kernels changed: give the emulated device (tests/emulated_device.hpp) the "
               "new kernels too");
 inline constexpr size_t kHookCount = 9;

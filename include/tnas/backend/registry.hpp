@@ -109,6 +109,12 @@ struct Kernels {
   void (*batch_norm_backward)(int64_t N, int64_t C, int64_t HW, const float* x, const float* gy,
                               const float* gamma, const float* mean, const float* invstd, float* gx,
                               float* dgamma, float* dbeta) = nullptr;
+  // Training backward of a non-affine forward from its output xhat = (x - mean) * invstd
+  // alone, so the tape need not keep x: gx = invstd * (gy - mean(gy) - xhat * mean(gy * xhat)),
+  // means per channel.
+  void (*batch_norm_backward_from_output)(int64_t N, int64_t C, int64_t HW, const float* xhat,
+                                          const float* gy, const float* invstd,
+                                          float* gx) = nullptr;
   // Evaluation backward (the statistics are constants); dgamma / dbeta may be null.
   void (*batch_norm_backward_eval)(int64_t N, int64_t C, int64_t HW, const float* x,
                                    const float* gy, const float* gamma, const float* mean,
@@ -172,7 +178,7 @@ struct Kernels {
 };
 // The number of kernel slots; change it together with the table (and the backends' register
 // functions, which static_assert against it).
-inline constexpr size_t kKernelCount = 30;
+inline constexpr size_t kKernelCount = 31;
 static_assert(
     sizeof(Kernels) == kKernelCount * sizeof(void*),
     "backend::Kernels changed: update kKernelCount and every backend's register function");

@@ -122,13 +122,19 @@ inline Tensor batch_norm(const Tensor& x0, const Tensor& gamma, const Tensor& be
         }
       }
     });
-  if (autograd::needs_grad({&x0, &gamma, &beta}) && !gamma.defined() && x.device() == Device::cpu) {
+  if (autograd::needs_grad({&x0, &gamma, &beta}) && !gamma.defined()) {
     // Non-affine (the DARTS search candidates): the output is x_hat, which is all the backward
     // needs, so the input is not kept alive by the tape.
     Tensor yd = y.detach();
     autograd::record("batch_norm", y, {&x0, &gamma, &beta}, [=](const Tensor& go0) {
       Tensor go = go0.contiguous();
       Tensor dx = Tensor::empty(yd.shape(), go.dtype(), go.device());
+      if (go.device() != Device::cpu) {
+        backend::kernel_f32("batch_norm backward", go.device(), go.dtype(),
+                            &K::batch_norm_backward_from_output)(
+            N, C, HW, yd.data<float>(), go.data<float>(), invstd.data<float>(), dx.data<float>());
+        return std::vector<Tensor>{dx, Tensor(), Tensor()};
+      }
       dispatch(go.dtype(), [&]<class T>() {
         cpu::batch_norm_backward_from_output<T>(N, C, HW, yd.data<T>(), go.data<T>(),
                                                 invstd.data<T>(), dx.data<T>());
