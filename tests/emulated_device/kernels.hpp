@@ -408,9 +408,22 @@ inline void avg_pool2d_backward(const backend::PoolShape& s, const float* gy, fl
 }
 
 // ---- batch norm ---------------------------------------------------------------------------
-inline void check_bn(int64_t N, int64_t C, int64_t HW, const char* kernel) {
+// A named float argument of a kernel; an optional one may be null (left out).
+struct Arg {
+  const float* p;
+  const char* name;
+  bool optional = false;
+};
+// The sizes of a batch-norm kernel and the extents of its arguments: each of `planes` holds
+// N * C * HW floats, each of `channels` C floats.
+inline void check_bn(const char* kernel, int64_t N, int64_t C, int64_t HW,
+                     std::initializer_list<Arg> planes, std::initializer_list<Arg> channels) {
   TNAS_CHECK(N >= 1 && C >= 1 && HW >= 1, "emulated device: ", kernel, ": bad sizes N=", N,
              " C=", C, " HW=", HW);
+  for (const Arg& a : planes)
+    if (a.p || !a.optional) dev_n(a.p, N * C * HW, kernel, a.name);
+  for (const Arg& a : channels)
+    if (a.p || !a.optional) dev_n(a.p, C, kernel, a.name);
 }
 inline void batch_norm_forward_train(int64_t N, int64_t C, int64_t HW, const float* x,
                                      const float* gamma, const float* beta, float eps,
@@ -418,39 +431,27 @@ inline void batch_norm_forward_train(int64_t N, int64_t C, int64_t HW, const flo
                                      float* running_mean, float* running_var) {
   DeviceAccess access;
   const char* k = "batch_norm_forward_train";
-  check_bn(N, C, HW, k);
-  dev_n(x, N * C * HW, k, "x");
-  dev_n(y, N * C * HW, k, "y");
-  dev_n(mean, C, k, "mean");
-  dev_n(invstd, C, k, "invstd");
-  if (gamma) dev_n(gamma, C, k, "gamma");
-  if (beta) dev_n(beta, C, k, "beta");
   TNAS_CHECK(!running_mean == !running_var, "emulated device: ", k,
              ": running_mean and running_var go together");
-  if (running_mean) dev_n(running_mean, C, k, "running_mean");
-  if (running_var) dev_n(running_var, C, k, "running_var");
+  check_bn(k, N, C, HW, {{x, "x"}, {y, "y"}},
+           {{mean, "mean"},
+            {invstd, "invstd"},
+            {gamma, "gamma", true},
+            {beta, "beta", true},
+            {running_mean, "running_mean", true},
+            {running_var, "running_var", true}});
   cpu::batch_norm_forward_train<float>(N, C, HW, x, gamma, beta, eps, y, mean, invstd);
-  if (!running_mean) return;
-  // ops/norm.hpp's update: the variance back from invstd, unbiased, blended in double.
-  const double m = momentum, cnt = double(N * HW);
-  for (int64_t c = 0; c < C; ++c) {
-    const double var = 1.0 / (double(invstd[c]) * invstd[c]) - double(eps);
-    running_mean[c] = float((1 - m) * running_mean[c] + m * mean[c]);
-    running_var[c] = float((1 - m) * running_var[c] + m * var * cnt / (cnt - 1));
-  }
+  if (running_mean)
+    cpu::batch_norm_update_running<float>(N * HW, C, mean, invstd, eps, momentum, running_mean,
+                                          running_var);
 }
 inline void batch_norm_forward_eval(int64_t N, int64_t C, int64_t HW, const float* x,
                                     const float* gamma, const float* beta, const float* mean,
                                     const float* var, float eps, float* y) {
   DeviceAccess access;
   const char* k = "batch_norm_forward_eval";
-  check_bn(N, C, HW, k);
-  dev_n(x, N * C * HW, k, "x");
-  dev_n(y, N * C * HW, k, "y");
-  dev_n(mean, C, k, "mean");
-  dev_n(var, C, k, "var");
-  if (gamma) dev_n(gamma, C, k, "gamma");
-  if (beta) dev_n(beta, C, k, "beta");
+  check_bn(k, N, C, HW, {{x, "x"}, {y, "y"}},
+           {{mean, "mean"}, {var, "var"}, {gamma, "gamma", true}, {beta, "beta", true}});
   cpu::batch_norm_forward_eval<float>(N, C, HW, x, gamma, beta, mean, var, eps, y);
 }
 inline void batch_norm_backward(int64_t N, int64_t C, int64_t HW, const float* x, const float* gy,
@@ -458,61 +459,37 @@ inline void batch_norm_backward(int64_t N, int64_t C, int64_t HW, const float* x
                                 float* gx, float* dgamma, float* dbeta) {
   DeviceAccess access;
   const char* k = "batch_norm_backward";
-  check_bn(N, C, HW, k);
-  dev_n(x, N * C * HW, k, "x");
-  dev_n(gy, N * C * HW, k, "gy");
-  dev_n(gx, N * C * HW, k, "gx");
-  dev_n(mean, C, k, "mean");
-  dev_n(invstd, C, k, "invstd");
-  if (gamma) dev_n(gamma, C, k, "gamma");
-  if (dgamma) dev_n(dgamma, C, k, "dgamma");
-  if (dbeta) dev_n(dbeta, C, k, "dbeta");
+  check_bn(k, N, C, HW, {{x, "x"}, {gy, "gy"}, {gx, "gx"}},
+           {{mean, "mean"},
+            {invstd, "invstd"},
+            {gamma, "gamma", true},
+            {dgamma, "dgamma", true},
+            {dbeta, "dbeta", true}});
   cpu::batch_norm_backward<float>(N, C, HW, x, gy, gamma, mean, invstd, gx, dgamma, dbeta);
 }
 inline void batch_norm_backward_from_output(int64_t N, int64_t C, int64_t HW, const float* xhat,
                                             const float* gy, const float* invstd, float* gx) {
   DeviceAccess access;
   const char* k = "batch_norm_backward_from_output";
-  check_bn(N, C, HW, k);
-  dev_n(xhat, N * C * HW, k, "xhat");
-  dev_n(gy, N * C * HW, k, "gy");
-  dev_n(gx, N * C * HW, k, "gx");
-  dev_n(invstd, C, k, "invstd");
+  check_bn(k, N, C, HW, {{xhat, "xhat"}, {gy, "gy"}, {gx, "gx"}}, {{invstd, "invstd"}});
   cpu::batch_norm_backward_from_output<float>(N, C, HW, xhat, gy, invstd, gx);
 }
-// ops/norm.hpp's evaluation backward, as its CPU loop.
 inline void batch_norm_backward_eval(int64_t N, int64_t C, int64_t HW, const float* x,
                                      const float* gy, const float* gamma, const float* mean,
                                      const float* var, float eps, float* gx, float* dgamma,
                                      float* dbeta) {
   DeviceAccess access;
   const char* k = "batch_norm_backward_eval";
-  check_bn(N, C, HW, k);
-  dev_n(x, N * C * HW, k, "x");
-  dev_n(gy, N * C * HW, k, "gy");
-  dev_n(gx, N * C * HW, k, "gx");
-  dev_n(mean, C, k, "mean");
-  dev_n(var, C, k, "var");
-  if (gamma) dev_n(gamma, C, k, "gamma");
-  if (dgamma) dev_n(dgamma, C, k, "dgamma");
-  if (dbeta) dev_n(dbeta, C, k, "dbeta");
-  for (int64_t c = 0; c < C; ++c) {
-    const float inv = 1.f / std::sqrt(var[c] + eps);
-    const float s = (gamma ? gamma[c] : 1.f) * inv;
-    float sg = 0, sgx = 0;
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t i = 0; i < HW; ++i) {
-        const int64_t j = (n * C + c) * HW + i;
-        gx[j] = gy[j] * s;
-        sg += gy[j];
-        sgx += gy[j] * (x[j] - mean[c]) * inv;
-      }
-    if (dgamma) dgamma[c] = sgx;
-    if (dbeta) dbeta[c] = sg;
-  }
+  check_bn(k, N, C, HW, {{x, "x"}, {gy, "gy"}, {gx, "gx"}},
+           {{mean, "mean"},
+            {var, "var"},
+            {gamma, "gamma", true},
+            {dgamma, "dgamma", true},
+            {dbeta, "dbeta", true}});
+  cpu::batch_norm_backward_eval<float>(N, C, HW, x, gy, gamma, mean, var, eps, gx, dgamma, dbeta);
 }
 
-// ---- mixed-op weighted sum (ops/mixed.hpp's CPU loops) ----------------------------------------
+// ---- mixed-op weighted sum (backend/cpu/mixed.hpp) --------------------------------------------
 inline void weighted_sum_forward(int K, const float* const* ys, const float* w, float* out,
                                  int64_t n) {
   DeviceAccess access;
@@ -521,20 +498,9 @@ inline void weighted_sum_forward(int K, const float* const* ys, const float* w, 
   host(ys, k, "the candidate list");
   dev_n(w, K, k, "w");
   dev_n(out, n, k, "out");
-  bool init = false;
-  for (int c = 0; c < K; ++c) {
-    if (!ys[c]) continue;
-    dev_n(ys[c], n, k, "a candidate");
-    const float wk = w[c];
-    const float* py = ys[c];
-    if (!init) {
-      for (int64_t i = 0; i < n; ++i) out[i] = wk * py[i];
-      init = true;
-    } else {
-      for (int64_t i = 0; i < n; ++i) out[i] += wk * py[i];
-    }
-  }
-  if (!init) std::fill_n(out, n, 0.f);  // every candidate a zero
+  for (int c = 0; c < K; ++c)
+    if (ys[c]) dev_n(ys[c], n, k, "a candidate");
+  cpu::weighted_sum_forward<float>(K, ys, w, out, n);
 }
 inline void weighted_sum_backward(int K, const float* const* ys, const float* w, const float* g,
                                   float* const* gys, float* gw, int64_t n) {
@@ -547,20 +513,10 @@ inline void weighted_sum_backward(int K, const float* const* ys, const float* w,
   dev_n(g, n, k, "g");
   if (gw) dev_n(gw, K, k, "gw");
   for (int c = 0; c < K; ++c) {
-    if (gys[c]) {
-      dev_n(gys[c], n, k, "a candidate's gradient");
-      const float wk = w[c];
-      for (int64_t i = 0; i < n; ++i) gys[c][i] = wk * g[i];
-    }
-    if (gw) {
-      double s = 0;
-      if (ys[c]) {
-        dev_n(ys[c], n, k, "a candidate");
-        for (int64_t i = 0; i < n; ++i) s += double(g[i]) * ys[c][i];
-      }
-      gw[c] = float(s);
-    }
+    if (gys[c]) dev_n(gys[c], n, k, "a candidate's gradient");
+    if (gw && ys[c]) dev_n(ys[c], n, k, "a candidate");
   }
+  cpu::weighted_sum_backward<float>(K, ys, w, g, gys, gw, n);
 }
 
 // ---- softmax and cross-entropy (ops/loss.hpp's CPU loops) -------------------------------------

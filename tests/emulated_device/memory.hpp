@@ -24,6 +24,7 @@
 
 #include "tnas/backend/cpu/conv.hpp"
 #include "tnas/backend/cpu/gemm.hpp"
+#include "tnas/backend/cpu/mixed.hpp"
 #include "tnas/backend/cpu/norm.hpp"
 #include "tnas/backend/cpu/pool.hpp"
 #include "tnas/backend/cpu/xnor.hpp"

@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "tnas/backend/cpu/mixed.hpp"
 #include "tnas/ops/common.hpp"
 
 namespace tnas {
@@ -45,22 +46,10 @@ inline Tensor weighted_sum(const std::vector<Tensor>& ys, const Tensor& w) {
     f(int(K), py.data(), wc.data<float>(), out.data<float>(), n);
   } else
     dispatch(out.dtype(), [&]<class T>() {
-      T* o = out.data<T>();
-      const T* pw = wc.data<T>();
-      bool init = false;
-      for (size_t k = 0; k < K; ++k) {
-        if (!yc[k].defined()) continue;
-        const T* py = yc[k].data<T>();
-        const T wk = pw[k];
-        if (!init) {
-#pragma omp parallel for simd if (n > 65536)
-          for (int64_t i = 0; i < n; ++i) o[i] = wk * py[i];
-          init = true;
-        } else {
-#pragma omp parallel for simd if (n > 65536)
-          for (int64_t i = 0; i < n; ++i) o[i] += wk * py[i];
-        }
-      }
+      std::vector<const T*> py(K, nullptr);
+      for (size_t k = 0; k < K; ++k)
+        if (yc[k].defined()) py[k] = yc[k].data<T>();
+      cpu::weighted_sum_forward<T>(int(K), py.data(), wc.data<T>(), out.data<T>(), n);
     });
   std::vector<Tensor> inputs = ys;
   inputs.push_back(w);
@@ -95,26 +84,18 @@ inline Tensor weighted_sum(const std::vector<Tensor>& ys, const Tensor& w) {
         return grads;
       }
       dispatch(g.dtype(), [&]<class T>() {
-        const T* pg = g.data<T>();
-        const T* pw = wd.data<T>();
-        Tensor gw = need_w ? Tensor::zeros(wd.shape(), g.dtype(), g.device()) : Tensor();
+        std::vector<const T*> py(K, nullptr);
+        std::vector<T*> pgy(K, nullptr);
         for (size_t k = 0; k < K; ++k) {
+          if (yd[k].defined()) py[k] = yd[k].data<T>();
           if (need[k]) {
             grads[k] = Tensor::empty(g.shape(), g.dtype(), g.device());
-            T* o = grads[k].data<T>();
-            const T wk = pw[k];
-#pragma omp parallel for simd if (n > 65536)
-            for (int64_t i = 0; i < n; ++i) o[i] = wk * pg[i];
-          }
-          if (need_w && yd[k].defined()) {
-            const T* py = yd[k].data<T>();
-            double s = 0;
-#pragma omp parallel for simd reduction(+ : s) if (n > 65536)
-            for (int64_t i = 0; i < n; ++i) s += double(pg[i]) * py[i];
-            gw.data<T>()[k] = T(s);
+            pgy[k] = grads[k].data<T>();
           }
         }
-        grads[K] = gw;
+        if (need_w) grads[K] = Tensor::empty(wd.shape(), g.dtype(), g.device());
+        cpu::weighted_sum_backward<T>(int(K), py.data(), wd.data<T>(), g.data<T>(), pgy.data(),
+                                      need_w ? grads[K].data<T>() : nullptr, n);
       });
       return grads;
     });

@@ -68,25 +68,10 @@ inline Tensor batch_norm(const Tensor& x0, const Tensor& gamma, const Tensor& be
           return std::vector<Tensor>{dx, dg, dbeta};
         }
         dispatch(go.dtype(), [&]<class T>() {
-          const T* pg = go.data<T>();
-          const T* px = xd.data<T>();
-          T* o2 = dx.data<T>();
-          for (int64_t c = 0; c < C; ++c) {
-            const T inv = T(1) / std::sqrt(rv.data<T>()[c] + T(eps));
-            const T s = (gd.defined() ? gd.data<T>()[c] : T(1)) * inv;
-            T sg = 0, sgx = 0;
-            for (int64_t n = 0; n < N; ++n)
-              for (int64_t i = 0; i < HW; ++i) {
-                const int64_t k = (n * C + c) * HW + i;
-                o2[k] = pg[k] * s;
-                sg += pg[k];
-                sgx += pg[k] * (px[k] - rm.data<T>()[c]) * inv;
-              }
-            if (gd.defined()) {
-              dg.data<T>()[c] = sgx;
-              dbeta.data<T>()[c] = sg;
-            }
-          }
+          cpu::batch_norm_backward_eval<T>(
+              N, C, HW, xd.data<T>(), go.data<T>(), gd.defined() ? gd.data<T>() : nullptr,
+              rm.data<T>(), rv.data<T>(), T(eps), dx.data<T>(),
+              gd.defined() ? dg.data<T>() : nullptr, gd.defined() ? dbeta.data<T>() : nullptr);
         });
         return std::vector<Tensor>{dx, dg, dbeta};
       });
@@ -109,18 +94,10 @@ inline Tensor batch_norm(const Tensor& x0, const Tensor& gamma, const Tensor& be
       cpu::batch_norm_forward_train<T>(N, C, HW, x.data<T>(), g.defined() ? g.data<T>() : nullptr,
                                        b.defined() ? b.data<T>() : nullptr, T(o.eps), y.data<T>(),
                                        mean.data<T>(), invstd.data<T>());
-      if (running_mean.defined()) {
-        T* rm = running_mean.data<T>();
-        T* rv = running_var.data<T>();
-        const T* pm = mean.data<T>();
-        const T* pi = invstd.data<T>();
-        const double m = o.momentum, cnt = double(N * HW);
-        for (int64_t c = 0; c < C; ++c) {
-          const double var = 1.0 / (double(pi[c]) * pi[c]) - o.eps;
-          rm[c] = T((1 - m) * rm[c] + m * pm[c]);
-          rv[c] = T((1 - m) * rv[c] + m * var * cnt / (cnt - 1));
-        }
-      }
+      if (running_mean.defined())
+        cpu::batch_norm_update_running<T>(N * HW, C, mean.data<T>(), invstd.data<T>(), o.eps,
+                                          o.momentum, running_mean.data<T>(),
+                                          running_var.data<T>());
     });
   if (autograd::needs_grad({&x0, &gamma, &beta}) && !gamma.defined()) {
     // Non-affine (the DARTS search candidates): the output is x_hat, which is all the backward

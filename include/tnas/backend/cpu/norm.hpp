@@ -98,6 +98,19 @@ void batch_norm_forward_train(int64_t N, int64_t C, int64_t HW, const T* x, cons
   }
 }
 
+// The running statistics after a training forward over `count` values per channel: the
+// variance back from invstd, unbiased, blended with `momentum` in double.
+template <class T>
+void batch_norm_update_running(int64_t count, int64_t C, const T* mean, const T* invstd, double eps,
+                               double momentum, T* running_mean, T* running_var) {
+  const double m = momentum, cnt = double(count);
+  for (int64_t c = 0; c < C; ++c) {
+    const double var = 1.0 / (double(invstd[c]) * invstd[c]) - eps;
+    running_mean[c] = T((1 - m) * running_mean[c] + m * mean[c]);
+    running_var[c] = T((1 - m) * running_var[c] + m * var * cnt / (cnt - 1));
+  }
+}
+
 // Eval-mode batch norm with running statistics. x, y [N, C, HW]; gamma, beta [C] or nullptr;
 // running_mean, running_var [C].
 template <class T>
@@ -167,6 +180,30 @@ void batch_norm_backward(int64_t N, int64_t C, int64_t HW, const T* x, const T* 
     T* o = gx + nc * HW;
 #pragma omp simd
     for (int64_t i = 0; i < HW; ++i) o[i] = a * g[i] + b + d * (r[i] - m);
+  }
+}
+
+// Backward of batch_norm_forward_eval: the statistics are constants, so gx = gy * gamma * inv
+// with inv = 1/sqrt(var + eps); ggamma = sum gy * (x - mean) * inv and gbeta = sum gy per
+// channel, or nullptr when not wanted.
+template <class T>
+void batch_norm_backward_eval(int64_t N, int64_t C, int64_t HW, const T* x, const T* gy,
+                              const T* gamma, const T* running_mean, const T* running_var, T eps,
+                              T* gx, T* ggamma, T* gbeta) {
+  detail::check_bn(N, C, HW, "batch_norm_backward_eval");
+  for (int64_t c = 0; c < C; ++c) {
+    const T inv = T(1) / std::sqrt(running_var[c] + eps);
+    const T s = (gamma ? gamma[c] : T(1)) * inv;
+    T sg = 0, sgx = 0;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t i = 0; i < HW; ++i) {
+        const int64_t k = (n * C + c) * HW + i;
+        gx[k] = gy[k] * s;
+        sg += gy[k];
+        sgx += gy[k] * (x[k] - running_mean[c]) * inv;
+      }
+    if (ggamma) ggamma[c] = sgx;
+    if (gbeta) gbeta[c] = sg;
   }
 }
 
