@@ -281,13 +281,6 @@ __global__ void sum_batches_kernel(const float* __restrict__ partial, int batche
   }
 }
 
-// y[i] = max(x[i], 0) (a ReLU'd copy of x for the cuBLAS paths).
-__global__ void relu_copy_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = relu(__ldg(x + i));
-}
-
 // g[i] = 0 where x[i] is not > 0 (the ReLU's backward after a cuBLAS backward-input).
 __global__ void relu_mask_kernel(const float* __restrict__ x, float* __restrict__ g, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
@@ -483,8 +476,7 @@ class ReluCopy {
     if (!p.relu_x || n == 0) return;
     bytes_ = size_t(n) * sizeof(float);
     copy_ = static_cast<float*>(scratch_alloc(bytes_));
-    relu_copy_kernel<<<blocks_for(n, 256), 256, 0, stream()>>>(x, copy_, n);
-    TNAS_CUDA_LAUNCHED();
+    unary(backend::UnaryOp::relu, DType::f32, x, copy_, n, 0.0);
   }
   ~ReluCopy() {
     if (copy_) scratch_free(copy_, bytes_);  // stream-ordered: the GEMM enqueued before is safe
