@@ -202,10 +202,7 @@ class Darts {
       optim::clip_grad_norm_async(w_, o_.grad_clip);
     wopt_.step();
     if (update_alpha && o_.one_level) aopt_.step();
-    auto pred = argmax_rows(logits);
-    int64_t correct = 0;
-    for (size_t i = 0; i < pred.size(); ++i) correct += pred[i] == train.labels[i];
-    return {l.item(), double(correct) / double(pred.size())};
+    return loss_and_accuracy(l, logits, train.labels);
   }
 
   // Sets alpha's gradients to DARTS' second-order approximation (the paper's eq. 7-8).
@@ -368,10 +365,7 @@ class Darts {
     if (update_alpha) aopt_.stage_replay();
     wopt_.stage_replay();
     G.graph->replay();
-    auto pred = argmax_rows(G.logits);
-    int64_t correct = 0;
-    for (size_t i = 0; i < pred.size(); ++i) correct += pred[i] == train.labels[i];
-    return {G.loss.item(), double(correct) / double(pred.size())};
+    return loss_and_accuracy(G.loss, G.logits, train.labels);
   }
 
   optim::SGD& weight_optimizer() { return wopt_; }
@@ -438,6 +432,15 @@ class Darts {
       hist.push_back(detail::record_from_json(j));
     seconds = optim::detail::decode(a.meta_at("darts.seconds"), "darts.seconds");
     return std::stoi(a.meta_at("darts.epochs_done"));
+  }
+
+  // A step's result: its loss, and the share of rows whose largest logit is the label.
+  static std::pair<double, double> loss_and_accuracy(const Tensor& loss, const Tensor& logits,
+                                                     const std::vector<int32_t>& labels) {
+    const auto pred = argmax_rows(logits);
+    int64_t correct = 0;
+    for (size_t i = 0; i < pred.size(); ++i) correct += pred[i] == labels[i];
+    return {loss.item(), double(correct) / double(pred.size())};
   }
 
   // Copies a batch into the device tensors a graph reads (labels as float class indices);
