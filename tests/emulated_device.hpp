@@ -24,7 +24,7 @@
 // Cost: two mprotect calls per device block a kernel or hook is handed (only those blocks are
 // opened, so the cost follows the call's own memory). Each is a TLB shootdown on every core
 // where another thread of the process runs, so run the tests with one OpenMP thread (ctest sets
-// OMP_NUM_THREADS=1; test_emulated_device.cpp also calls omp_set_num_threads(1)): idle OpenMP
+// OMP_NUM_THREADS=1; the tests' setup() also calls omp_set_num_threads(1)): idle OpenMP
 // workers spinning on other cores make each call cost up to a millisecond on a busy machine.
 // TNAS_EMULATED_DEVICE_PROTECT=0 in the environment leaves the pages accessible (debugging
 // under tools that dislike protection changes).
