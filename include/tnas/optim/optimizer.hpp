@@ -188,11 +188,7 @@ class Optimizer {
     captured_.clear();
     for (auto& it : items) captured_.push_back(it.index);
     TNAS_CHECK(!items.empty(), name_, ": capture_step: no parameter has a gradient");
-    const size_t m = scalars_per_step(items.size());
-    if (!scalars_.defined() || size_t(scalars_.numel()) != m ||
-        scalars_.device() != items[0].p.device())
-      scalars_ = Tensor::empty({int64_t(m)}, DType::f32, items[0].p.device());
-    launch(items, scalars_.data<float>(), true);
+    launch(items, scalars_buffer(scalars_per_step(items.size()), items[0].p.device()), true);
   }
   void stage_replay() {
     TNAS_CHECK(!captured_.empty(), name_, ": stage_replay before capture_step");
@@ -240,10 +236,14 @@ class Optimizer {
     const size_t m = scalars_per_step(items.size());
     Tensor host = Tensor::empty({int64_t(m)}, DType::f32);
     step_scalars(items, host.data<float>());
-    const Device d = items[0].p.device();
+    scalars_buffer(m, items[0].p.device());
+    scalars_.copy_(host);
+  }
+  // scalars_ as m floats on device d (made anew when it is not).
+  float* scalars_buffer(size_t m, Device d) {
     if (!scalars_.defined() || size_t(scalars_.numel()) != m || scalars_.device() != d)
       scalars_ = Tensor::empty({int64_t(m)}, DType::f32, d);
-    scalars_.copy_(host);
+    return scalars_.data<float>();
   }
 
  private:
