@@ -76,7 +76,6 @@ class Adam : public Optimizer {
             {"weight_decay", o_.weight_decay}};
   }
 
- protected:
   // The device path (optimizer.hpp): per tensor, the step size and the second moment's bias
   // correction, in double on the host as on the CPU path.
   size_t scalars_per_step(size_t n) const override { return 2 * n; }
@@ -91,9 +90,7 @@ class Adam : public Optimizer {
     const Device d = items[0].p.device();
     auto f = backend::kernel_f32("Adam step", d, items[0].p.dtype(), &backend::Kernels::adam_step);
     const size_t n = items.size();
-    std::vector<int64_t> numel(n);
-    std::vector<float*> p(n), m(n), v(n);
-    std::vector<const float*> g(n);
+    std::vector<float*> m(n), v(n);
     for (size_t i = 0; i < n; ++i) {
       Item& it = items[i];
       for (auto& b : it.s->buf) {
@@ -101,13 +98,11 @@ class Adam : public Optimizer {
                    "the moment buffers exist (parameter ", it.index, " has none)");
         if (!b.defined()) b = Tensor::zeros(it.p.shape(), it.p.dtype(), d);
       }
-      numel[i] = it.p.numel();
-      p[i] = it.p.data<float>();
-      g[i] = it.g.data<float>();
       m[i] = it.s->buf[0].data<float>();
       v[i] = it.s->buf[1].data<float>();
     }
-    f(int(n), numel.data(), p.data(), g.data(), m.data(), v.data(),
+    ItemLists l = item_lists(items);
+    f(int(n), l.numel.data(), l.p.data(), l.g.data(), m.data(), v.data(),
       backend::AdamStep{float(o_.beta1), float(o_.beta2), float(o_.eps), float(o_.weight_decay)},
       scalars);
   }

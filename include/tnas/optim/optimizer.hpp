@@ -206,6 +206,21 @@ class Optimizer {
     Tensor p, g;
     ParamState* s;
   };
+  // The lists a fused update takes: each item's element count, parameter and gradient.
+  struct ItemLists {
+    std::vector<int64_t> numel;
+    std::vector<float*> p;
+    std::vector<const float*> g;
+  };
+  static ItemLists item_lists(const std::vector<Item>& items) {
+    ItemLists l;
+    for (const Item& it : items) {
+      l.numel.push_back(it.p.numel());
+      l.p.push_back(it.p.data<float>());
+      l.g.push_back(it.g.data<float>());
+    }
+    return l;
+  }
   // The device path's two halves, for the subclasses: the per-step values (scalars_per_step
   // floats, written in order), and the fused update reading them from device memory. With
   // capturing set, launch() must not create buffers (a fill would be replayed every step).

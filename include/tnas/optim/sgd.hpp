@@ -76,9 +76,7 @@ class SGD : public Optimizer {
     const Device d = items[0].p.device();
     auto f = backend::kernel_f32("SGD step", d, items[0].p.dtype(), &backend::Kernels::sgd_step);
     const size_t n = items.size();
-    std::vector<int64_t> numel(n);
-    std::vector<float*> p(n), buf(n, nullptr);
-    std::vector<const float*> g(n);
+    std::vector<float*> buf(n, nullptr);
     std::vector<uint8_t> first(n, 0);
     for (size_t i = 0; i < n; ++i) {
       Item& it = items[i];
@@ -90,11 +88,9 @@ class SGD : public Optimizer {
         if (first[i]) b = Tensor::empty(it.p.shape(), it.p.dtype(), d);
         buf[i] = b.data<float>();
       }
-      numel[i] = it.p.numel();
-      p[i] = it.p.data<float>();
-      g[i] = it.g.data<float>();
     }
-    f(int(n), numel.data(), p.data(), g.data(), buf.data(), first.data(),
+    ItemLists l = item_lists(items);
+    f(int(n), l.numel.data(), l.p.data(), l.g.data(), buf.data(), first.data(),
       backend::SgdStep{float(o_.momentum), float(o_.dampening), float(o_.weight_decay),
                        o_.nesterov},
       scalars);
