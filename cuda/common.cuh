@@ -48,10 +48,33 @@ inline unsigned blocks_for(int64_t n, int threads, int64_t cap = 65535LL * 8) {
 }
 
 // Warp and block sums (blockDim.x a multiple of 32, at most 1024). Every thread gets the total.
+// Under tests/cudasim the warp reductions are one simulated step that does the same shuffles
+// and additions in the same order (five thread switches fewer per reduction).
 template <class T>
 __device__ __forceinline__ T warp_sum(T v) {
+#ifdef TNAS_CUDASIM
+  return cudasim::warp_reduce<T, false>(0xffffffffu, v, 32);
+#else
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+#endif
+}
+// The sum over lanes [0, lanes) of a warp, in lane 0 (the other lanes get partial sums); for a
+// block whose last warp is partial (lanes < 32), whose missing lanes a full-mask shuffle would
+// name (undefined behaviour).
+template <class T>
+__device__ __forceinline__ T warp_sum_lane0(T v, int lanes) {
+  const unsigned mask = lanes >= 32 ? 0xffffffffu : (1u << lanes) - 1u;
+#ifdef TNAS_CUDASIM
+  return cudasim::warp_reduce<T, true>(mask, v, lanes);
+#endif
+  const int lane = int(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) & 31;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const T u = __shfl_down_sync(mask, v, o);
+    if (lane + o < lanes) v += u;
+  }
   return v;
 }
 template <class T>

@@ -47,7 +47,7 @@ Tiling make_tiling(int P, int Q, int planes, int R, int S, int st, int dil) {
   Tiling t{};
   t.tx = std::min(16, (Q + kV - 1) / kV);
   t.ty = std::min(P, std::max(1, 256 / t.tx));
-  t.tz = std::max(1, std::min(planes, 256 / (t.tx * t.ty)));
+  t.tz = std::max(1, std::min({planes, 256 / (t.tx * t.ty), 64}));  // blockDim.z <= 64
   t.ih = (t.ty - 1) * st + (R - 1) * dil + 1;
   t.iw = (t.tx * kV - 1) * st + (S - 1) * dil + 1;
   t.iw_pad = (t.iw + 3) / 4 * 4 + 4;
@@ -256,17 +256,20 @@ __global__ void __launch_bounds__(256)
     }
   }
   // Block reduction of the R*S sums: warp shuffles, then one row per warp in shared memory.
+  // The block need not be a whole number of warps (tx * ty * tz follows the shape).
   const int lane = tid & 31, warp = tid >> 5, nwarps = (nthreads + 31) >> 5;
+  const int lanes = min(32, nthreads - warp * 32);
 #pragma unroll
   for (int i = 0; i < R * S; ++i) {
-    const float s = warp_sum(acc[i]);
+    const float s = warp_sum_lane0(acc[i], lanes);
     if (lane == 0) red[warp][i] = s;
   }
   __syncthreads();
-  if (tid < R * S) {
+  // A small block (a 2 x 4 x 3 tile is 24 threads) can have fewer threads than taps (25).
+  for (int i = tid; i < R * S; i += nthreads) {
     float s = 0.f;
-    for (int k = 0; k < nwarps; ++k) s += red[k][tid];
-    partial[(size_t(c) * gridDim.x + blockIdx.x) * (R * S) + tid] = s;
+    for (int k = 0; k < nwarps; ++k) s += red[k][i];
+    partial[(size_t(c) * gridDim.x + blockIdx.x) * (R * S) + i] = s;
   }
 }
 

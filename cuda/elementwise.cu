@@ -212,7 +212,7 @@ template <bool Vec4>
 __global__ void weighted_sum_kernel(Candidates c, int K, const float* __restrict__ w,
                                     float* __restrict__ out, int64_t n) {
   __shared__ float ws[kMaxCandidates];
-  if (threadIdx.x < K) ws[threadIdx.x] = w[threadIdx.x];
+  if (int(threadIdx.x) < K) ws[threadIdx.x] = w[threadIdx.x];
   __syncthreads();
   const int64_t m = Vec4 ? n / 4 : n;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < m;
@@ -242,8 +242,8 @@ __global__ void weighted_sum_backward_kernel(Candidates c, int K, const float* _
                                              const float* __restrict__ g, int64_t n,
                                              float* __restrict__ partial, bool want_w) {
   __shared__ float ws[kMaxCandidates];
-  __shared__ float smem[32];
-  if (threadIdx.x < K) ws[threadIdx.x] = w[threadIdx.x];
+  __shared__ float red[kThreads / 32][kMaxCandidates];
+  if (int(threadIdx.x) < K) ws[threadIdx.x] = w[threadIdx.x];
   __syncthreads();
   float acc[kMaxCandidates];
 #pragma unroll
@@ -259,11 +259,19 @@ __global__ void weighted_sum_backward_kernel(Candidates c, int K, const float* _
     }
   }
   if (!want_w) return;
+  // The K sums: warp shuffles, one row of K per warp in shared memory, one barrier.
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int k = 0; k < kMaxCandidates; ++k) {
     if (k >= K) break;
-    const float s = block_sum(acc[k], smem);
-    if (threadIdx.x == 0) partial[blockIdx.x * K + k] = s;
+    const float s = warp_sum(acc[k]);
+    if (lane == 0) red[warp][k] = s;
+  }
+  __syncthreads();
+  if (int(threadIdx.x) < K) {
+    float s = 0.f;
+    for (int i = 0; i < kThreads / 32; ++i) s += red[i][threadIdx.x];
+    partial[blockIdx.x * K + threadIdx.x] = s;
   }
 }
 __global__ void sum_partials_kernel(const float* __restrict__ partial, int blocks, int K,

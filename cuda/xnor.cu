@@ -208,6 +208,27 @@ __global__ void xnor_conv_simt_kernel(XGeom g, const uint32_t* __restrict__ xb,
 constexpr int kBM = 128, kBN = 128, kStages = 4, kThreads = 256;
 constexpr int kStageBytes = (kBM + kBN) * 32;  // 256 bits per row per stage, A then B
 
+#ifdef TNAS_CUDASIM
+// tests/cudasim: the same instructions, simulated on the host with their PTX semantics.
+__device__ __forceinline__ void cp_async16(uint32_t smem_addr, const void* gmem, int src_bytes) {
+  cudasim::cp_async16(smem_addr, gmem, src_bytes);
+}
+__device__ __forceinline__ void cp_async_commit() {
+  cudasim::cp_async_commit();
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  cudasim::cp_async_wait(N);
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
+                                            uint32_t& r3) {
+  cudasim::ldmatrix_x4(addr, r0, r1, r2, r3);
+}
+__device__ __forceinline__ void mma_b1(int (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                       uint32_t b1) {
+  cudasim::mma_b1_and_popc(c, a, b0, b1);
+}
+#else
 __device__ __forceinline__ void cp_async16(uint32_t smem_addr, const void* gmem, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gmem),
                "r"(src_bytes)
@@ -241,6 +262,7 @@ __device__ __forceinline__ void mma_b1(int (&c)[4], const uint32_t (&a)[4], uint
   __trap();
 #endif
 }
+#endif
 
 // Byte offset of 16-byte chunk `c` (0 or 1) of row `row` in a tile of 32-byte rows. The chunk
 // index is XOR-swizzled with bit 2 of the row so that the 8 rows an ldmatrix phase reads (and

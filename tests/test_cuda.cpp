@@ -77,6 +77,14 @@ void compare(const std::string& what, const std::function<Tensor(const V&)>& f, 
   }
 }
 
+// Under tests/cudasim (test_cuda_sim), where every GPU thread is a simulated fiber, the DARTS
+// cases run on smaller batches and fewer steps; the kernels they exercise are the same.
+#ifdef TNAS_TEST_CUDASIM
+constexpr int64_t kDartsBatch = 2, kDartsHW = 8, kDartsSteps = 1, kGraphSteps = 4;
+#else
+constexpr int64_t kDartsBatch = 6, kDartsHW = 12, kDartsSteps = 3, kGraphSteps = 5;
+#endif
+
 Tensor rnd(const Shape& s, uint64_t seed, double stddev = 1.0) {
   Rng rng(seed);
   return Tensor::randn(s, rng, stddev);
@@ -355,22 +363,25 @@ TEST_CASE("cuda: a DARTS search step gives the CPU's loss on the same weights an
     search::Supernet<space::Darts> nc(cfg), nd(cfg);
     nd.to(Device::cuda);
     CHECK(nd.arch_parameters()[0].device() == Device::cuda);
-    search::DartsOptions o{.second_order = second_order, .batch = 6, .verbose = false};
+    search::DartsOptions o{.second_order = second_order, .batch = kDartsBatch, .verbose = false};
     search::Darts dc(nc, o), dd(nd, o);
     Rng rng(11);
     data::Batch bt, bv;
-    bt.x = Tensor::randn({6, 3, 12, 12}, rng);
-    bv.x = Tensor::randn({6, 3, 12, 12}, rng);
-    for (int i = 0; i < 6; ++i) bt.labels.push_back(i % 10), bv.labels.push_back((i * 3) % 10);
-    for (int s = 0; s < 3; ++s) {
+    bt.x = Tensor::randn({kDartsBatch, 3, kDartsHW, kDartsHW}, rng);
+    bv.x = Tensor::randn({kDartsBatch, 3, kDartsHW, kDartsHW}, rng);
+    for (int i = 0; i < kDartsBatch; ++i)
+      bt.labels.push_back(i % 10), bv.labels.push_back((i * 3) % 10);
+    for (int s = 0; s < kDartsSteps; ++s) {
       const auto [lc, ac] = dc.step(bt, bv, true);
       const auto [ld, ad] = dd.step(bt, bv, true);
       INFO("step ", s);
       CHECK(std::abs(lc - ld) <= 1e-4 * std::abs(lc));
       CHECK(ac == ad);
     }
+    // Not the genotypes: after a few steps from alphas of 1e-3, two candidates of an edge can
+    // differ by less than the float rounding of the two paths, and either may rank first.
     CHECK(max_abs_diff(nc.alpha_normal(), nd.alpha_normal().cpu()) < 1e-4);
-    CHECK(nc.genotype().str() == nd.genotype().str());
+    CHECK(max_abs_diff(nc.alpha_reduce(), nd.alpha_reduce().cpu()) < 1e-4);
   }
 }
 
@@ -387,7 +398,7 @@ TEST_CASE("cuda: a captured graph replays on new inputs; a host copy inside a ca
     CHECK(max_abs_diff(y.cpu(), add_scalar(scale(relu(xc), 2.0), 1.0)) < 1e-6);
   }
   DeviceGraph bad(Device::cuda);
-  CHECK(testing::throws_with([&] { bad.capture([&] { (void)relu(x).item(); }); },
+  CHECK(testing::throws_with([&] { bad.capture([&] { (void)sum(relu(x)).item(); }); },
                              {"capture", "host"}));
   CHECK(!bad.ready());
   CHECK(max_abs_diff(relu(x).cpu(), relu(x.cpu())) == 0);  // eager work runs again
@@ -401,16 +412,17 @@ TEST_CASE("cuda: DARTS steps replayed as a CUDA graph equal the eager steps") {
     search::Supernet<space::Darts> ne(cfg), ng(cfg);
     ne.to(Device::cuda);
     ng.to(Device::cuda);
-    search::DartsOptions o{.one_level = one_level, .batch = 6, .verbose = false};
+    search::DartsOptions o{.one_level = one_level, .batch = kDartsBatch, .verbose = false};
     search::Darts de(ne, o);
     o.device_graph = true;
     search::Darts dg(ng, o);
     Rng rng(12);
-    for (int s = 0; s < 5; ++s) {
+    for (int s = 0; s < kGraphSteps; ++s) {
       data::Batch bt, bv;
-      bt.x = Tensor::randn({6, 3, 12, 12}, rng);
-      bv.x = Tensor::randn({6, 3, 12, 12}, rng);
-      for (int i = 0; i < 6; ++i) bt.labels.push_back((i + s) % 10), bv.labels.push_back(i % 7);
+      bt.x = Tensor::randn({kDartsBatch, 3, kDartsHW, kDartsHW}, rng);
+      bv.x = Tensor::randn({kDartsBatch, 3, kDartsHW, kDartsHW}, rng);
+      for (int i = 0; i < kDartsBatch; ++i)
+        bt.labels.push_back((i + s) % 10), bv.labels.push_back(i % 7);
       const bool alpha = s != 1;  // a warm-up step in between: its own graph
       if (s == 3) dg.weight_optimizer().set_lr(0.01), de.weight_optimizer().set_lr(0.01);
       const auto [le, ae] = de.step(bt, bv, alpha);

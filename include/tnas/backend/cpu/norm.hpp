@@ -64,11 +64,13 @@ void batch_norm_forward_train(int64_t N, int64_t C, int64_t HW, const T* x, cons
   const double M = static_cast<double>(N * HW);
   std::vector<double> s1(static_cast<size_t>(C)), s2(static_cast<size_t>(C));
   detail::bn_channel_sums<1>(N, C, HW, s1.data(), [&](int64_t, int64_t row, double* acc) {
+    // In double: a float sum of a channel far from zero (mean 100, spread 0.01) loses the
+    // mean's last bits, an ulp of which is already a large part of xhat's error.
     const T* r = x + row;
-    T s = 0;
+    double s = 0;
 #pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < HW; ++i) s += r[i];
-    acc[0] += static_cast<double>(s);
+    for (int64_t i = 0; i < HW; ++i) s += static_cast<double>(r[i]);
+    acc[0] += s;
   });
   for (int64_t c = 0; c < C; ++c) mean[c] = static_cast<T>(s1[static_cast<size_t>(c)] / M);
   detail::bn_channel_sums<1>(N, C, HW, s2.data(), [&](int64_t c, int64_t row, double* acc) {

@@ -1,0 +1,988 @@
+// cudasim's runtime: the thread scheduler (fibers), the CUDA runtime and cuBLAS calls that
+// cuda/*.cu makes, and the PTX instructions of the XNOR kernel. See cudasim.hpp.
+#include "cudasim.hpp"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "include/cublas_v2.h"
+#include "include/cuda_runtime.h"
+#include "tnas/core/error.hpp"
+
+// The kernels' vocabulary is not this file's: it names the members these macros stand for.
+#undef threadIdx
+#undef blockIdx
+#undef blockDim
+#undef gridDim
+
+// ---- fibers ------------------------------------------------------------------------------------
+// A context switch saves the callee-saved registers on the current stack and swaps stack
+// pointers: a few ns on x86-64, against ~1 us for swapcontext (a sigprocmask system call).
+// The floating-point control words are not switched: kernels do not change them.
+#if defined(__x86_64__)
+extern "C" void cudasim_switch(void** save_sp, void* new_sp);
+asm(R"(
+  .text
+  .globl cudasim_switch
+  .type cudasim_switch, @function
+cudasim_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size cudasim_switch, .-cudasim_switch
+)");
+#else
+#include <ucontext.h>
+#endif
+
+namespace cudasim {
+namespace {
+
+constexpr size_t kStackBytes = size_t(256) << 10;
+constexpr int kMaxThreads = 1024;
+constexpr size_t kDefaultSmem = 48 << 10, kOptinSmem = 232448;  // H100: 227 KiB opt-in
+constexpr int kSms = 132;
+
+[[noreturn]] void fail(const std::string& what) {
+  throw tnas::Error("cudasim: " + what);
+}
+
+struct Copy {
+  unsigned char* dst;
+  const void* src;
+  int bytes;
+};
+
+struct SimThread {
+  ThreadState st;
+  int linear = 0, warp = 0, lane = 0;
+  enum State { ready, at_barrier, at_warp, done } state = ready;
+  void* sp = nullptr;
+  unsigned char* stack = nullptr;
+#if !defined(__x86_64__)
+  ucontext_t ctx;
+#endif
+  std::vector<Copy> open;                 // cp.async copies not yet committed
+  std::vector<std::vector<Copy>> groups;  // committed groups, oldest first
+};
+
+struct WarpState {
+  unsigned live = 0;     // lanes that exist and have not exited
+  unsigned arrived = 0;  // lanes waiting in the current collective
+  unsigned mask = 0;
+  Collective op = nullptr;
+  uint64_t gen = 0;
+  unsigned char in[2][32][kSlot];
+  unsigned char out[2][32][kSlot];
+};
+
+struct Block {
+  std::vector<SimThread> threads;
+  std::vector<WarpState> warps;
+  int live = 0, arrived = 0;
+};
+
+// Scheduler state (one launch at a time; the backend is single-threaded on its stream).
+struct Sched {
+  Block block;
+  SimThread* cur = nullptr;
+  void* sched_sp = nullptr;
+#if !defined(__x86_64__)
+  ucontext_t sched_ctx;
+#endif
+  const LaunchOps* ops = nullptr;
+  const void* state = nullptr;
+  std::exception_ptr error;
+  std::vector<unsigned char*> stacks;
+  std::vector<unsigned char> smem;  // dynamic shared memory of the running block
+  size_t smem_bytes = 0;
+  std::vector<std::pair<void*, size_t>> shared;  // static __shared__ arrays
+  bool reverse = false;
+  bool in_kernel = false;
+};
+Sched& S() {
+  static Sched s;
+  return s;
+}
+
+ThreadState g_host_state;  // what threadIdx reads outside a kernel (never, in valid code)
+
+void fiber_body() {
+  Sched& s = S();
+  try {
+    s.ops->run(s.state);
+  } catch (...) {
+    if (!s.error) s.error = std::current_exception();
+  }
+}
+
+void yield_to_scheduler();
+
+void thread_exit(SimThread& t);
+
+#if defined(__x86_64__)
+[[noreturn]] void fiber_entry() {
+  fiber_body();
+  thread_exit(*S().cur);
+  yield_to_scheduler();
+  std::abort();  // a finished thread is never resumed
+}
+void start_fiber(SimThread& t) {
+  // Stack, from the top: a zero return address (the entry function's caller), the entry
+  // function (for `ret`) and six callee-saved registers. The tops are staggered by a few cache
+  // lines per thread, so that the threads' hot stack frames do not all map to the same cache
+  // sets (the stacks themselves are 256 KiB apart).
+  const size_t color = size_t(t.linear % 61) * 320;
+  auto* top = reinterpret_cast<uint64_t*>(t.stack + kStackBytes - color);
+  *--top = 0;
+  *--top = reinterpret_cast<uint64_t>(&fiber_entry);
+  for (int i = 0; i < 6; ++i) *--top = 0;
+  t.sp = top;
+}
+void switch_to(SimThread& t) {
+  cudasim_switch(&S().sched_sp, t.sp);
+}
+void yield_to_scheduler() {
+  Sched& s = S();
+  cudasim_switch(&s.cur->sp, s.sched_sp);
+}
+#else
+void fiber_entry_uc() {
+  fiber_body();
+  thread_exit(*S().cur);
+  yield_to_scheduler();
+}
+void start_fiber(SimThread& t) {
+  getcontext(&t.ctx);
+  t.ctx.uc_stack.ss_sp = t.stack;
+  t.ctx.uc_stack.ss_size = kStackBytes;
+  t.ctx.uc_link = nullptr;
+  makecontext(&t.ctx, fiber_entry_uc, 0);
+}
+void switch_to(SimThread& t) {
+  swapcontext(&S().sched_ctx, &t.ctx);
+}
+void yield_to_scheduler() {
+  Sched& s = S();
+  swapcontext(&s.cur->ctx, &s.sched_ctx);
+}
+#endif
+
+void ensure_stacks(size_t n) {
+  Sched& s = S();
+  while (s.stacks.size() < n) {
+    void* p = mmap(nullptr, kStackBytes + 4096, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) fail("cannot map a fiber stack");
+    mprotect(p, 4096, PROT_NONE);  // guard page: an overflow faults instead of corrupting
+    s.stacks.push_back(static_cast<unsigned char*>(p) + 4096);
+  }
+}
+
+void perform(const Copy& c) {
+  std::memcpy(c.dst, c.src, size_t(c.bytes));
+  std::memset(c.dst + c.bytes, 0, size_t(16 - c.bytes));
+}
+
+void thread_exit(SimThread& t) {
+  Sched& s = S();
+  Block& b = s.block;
+  // cp.async copies still in flight complete even if the thread never waits for them.
+  for (auto& g : t.groups)
+    for (auto& c : g) perform(c);
+  for (auto& c : t.open) perform(c);
+  t.groups.clear();
+  t.open.clear();
+  t.state = SimThread::done;
+  --b.live;
+  WarpState& w = b.warps[size_t(t.warp)];
+  w.live &= ~(1u << t.lane);
+  if (w.arrived && (w.mask >> t.lane & 1) && !s.error) {
+    std::ostringstream os;
+    os << "thread " << t.linear << " (warp " << t.warp << ", lane " << t.lane
+       << ") exited while lanes of its warp wait for it in a warp-collective operation (mask 0x"
+       << std::hex << w.mask << ")";
+    s.error = std::make_exception_ptr(tnas::Error("cudasim: " + os.str()));
+  }
+  if (b.arrived > 0 && b.arrived == b.live) {  // exited threads count as arrived
+    for (auto& o : b.threads)
+      if (o.state == SimThread::at_barrier) o.state = SimThread::ready;
+    b.arrived = 0;
+  }
+}
+
+std::string describe_deadlock(const Block& b) {
+  std::ostringstream os;
+  int bar = 0, warp = 0;
+  for (const auto& t : b.threads) {
+    bar += t.state == SimThread::at_barrier;
+    warp += t.state == SimThread::at_warp;
+  }
+  os << "deadlock in block (" << b.threads[0].st.blockIdx.x << ", " << b.threads[0].st.blockIdx.y
+     << ", " << b.threads[0].st.blockIdx.z << "): " << bar << " threads wait at __syncthreads, "
+     << warp << " in a warp-collective operation, " << b.live << " alive";
+  return os.str();
+}
+
+struct Stats {
+  uint64_t launches = 0, blocks = 0, threads = 0, switches = 0;
+  ~Stats() {
+    if (std::getenv("CUDASIM_STATS"))
+      std::fprintf(stderr,
+                   "cudasim: %llu launches, %llu blocks, %llu threads, %llu thread switches\n",
+                   (unsigned long long)launches, (unsigned long long)blocks,
+                   (unsigned long long)threads, (unsigned long long)switches);
+  }
+};
+Stats g_stats;
+
+void run_grid(const Config& c) {
+  Sched& s = S();
+  if ((++g_stats.launches & 0x3fff) == 0 && std::getenv("CUDASIM_STATS")) g_stats.~Stats();
+  const int nt = int(c.block.x * c.block.y * c.block.z);
+  ensure_stacks(size_t(nt));
+  Block& b = s.block;
+  b.threads.resize(size_t(nt));
+  b.warps.resize(size_t((nt + 31) / 32));
+  s.smem.assign(c.smem + 16, 0);
+  s.smem_bytes = c.smem;
+  s.error = nullptr;
+  s.in_kernel = true;
+  struct Done {
+    ~Done() { S().in_kernel = false; }
+  } done;
+  for (unsigned bz = 0; bz < c.grid.z; ++bz)
+    for (unsigned by = 0; by < c.grid.y; ++by)
+      for (unsigned bx = 0; bx < c.grid.x; ++bx) {
+        // Shared memory starts every block as NaN bytes, as garbage would be on a device.
+        std::memset(s.smem.data(), 0xff, s.smem.size());
+        for (auto& [p, n] : s.shared) std::memset(p, 0xff, n);
+        for (auto& w : b.warps) w.live = w.arrived = w.mask = 0, w.op = nullptr, w.gen = 0;
+        for (int i = 0; i < nt; ++i) {
+          SimThread& t = b.threads[size_t(i)];
+          t.st.blockDim = c.block;
+          t.st.gridDim = c.grid;
+          t.st.blockIdx = {bx, by, bz};
+          t.st.threadIdx = {unsigned(i) % c.block.x, (unsigned(i) / c.block.x) % c.block.y,
+                            unsigned(i) / (c.block.x * c.block.y)};
+          t.linear = i;
+          t.warp = i / 32;
+          t.lane = i % 32;
+          t.state = SimThread::ready;
+          t.open.clear();
+          t.groups.clear();
+          t.stack = s.stacks[size_t(i)];
+          start_fiber(t);
+          b.warps[size_t(t.warp)].live |= 1u << t.lane;
+        }
+        b.live = nt;
+        b.arrived = 0;
+        ++g_stats.blocks;
+        g_stats.threads += uint64_t(nt);
+        for (;;) {
+          bool ran = false;
+          for (int k = 0; k < nt; ++k) {
+            SimThread& t = b.threads[size_t(s.reverse ? nt - 1 - k : k)];
+            if (t.state != SimThread::ready) continue;
+            s.cur = &t;
+            ++g_stats.switches;
+            switch_to(t);
+            s.cur = nullptr;
+            ran = true;
+            if (s.error) std::rethrow_exception(s.error);
+          }
+          if (b.live == 0) break;
+          if (!ran) fail(describe_deadlock(b));
+        }
+      }
+}
+
+// ---- device memory -----------------------------------------------------------------------------
+std::map<uintptr_t, size_t>& allocations() {
+  static std::map<uintptr_t, size_t> m;
+  return m;
+}
+// The allocation [p, p + bytes) lies in, or nullptr.
+const std::pair<const uintptr_t, size_t>* find_allocation(const void* p) {
+  auto& m = allocations();
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  auto it = m.upper_bound(a);
+  if (it == m.begin()) return nullptr;
+  --it;
+  if (a > it->first + it->second) return nullptr;  // one past the end is a valid pointer
+  return &*it;
+}
+bool is_device(const void* p, size_t bytes) {
+  const auto* a = find_allocation(p);
+  return a && reinterpret_cast<uintptr_t>(p) + bytes <= a->first + a->second;
+}
+
+cudaError_t g_last = cudaSuccess;
+cudaError_t record(cudaError_t e) {
+  if (e != cudaSuccess) g_last = e;
+  return e;
+}
+std::map<const void*, int>& smem_optin() {
+  static std::map<const void*, int> m;
+  return m;
+}
+
+// ---- streams and graphs -------------------------------------------------------------------------
+struct Op {
+  void (*run)(void*);
+  void* state;
+  void (*destroy)(void*);
+};
+struct OpList {
+  std::vector<Op> ops;
+  ~OpList() {
+    for (auto& o : ops)
+      if (o.destroy) o.destroy(o.state);
+  }
+};
+
+}  // namespace
+}  // namespace cudasim
+
+struct CUstream_st {
+  bool capturing = false;
+  std::unique_ptr<cudasim::OpList> capture;
+};
+struct CUgraph_st {
+  std::shared_ptr<cudasim::OpList> ops;
+};
+struct CUgraphExec_st {
+  std::shared_ptr<cudasim::OpList> ops;
+};
+struct cublasContext {
+  cudaStream_t stream = nullptr;
+};
+
+namespace cudasim {
+namespace {
+CUstream_st& default_stream() {
+  static CUstream_st s;
+  return s;
+}
+CUstream_st& stream_of(void* s) {
+  return s ? *static_cast<CUstream_st*>(s) : default_stream();
+}
+}  // namespace
+
+void enqueue(cudaStream_t s, void (*op)(void*), void* state, void (*destroy)(void*)) {
+  CUstream_st& st = stream_of(s);
+  if (st.capturing) {
+    st.capture->ops.push_back({op, state, destroy});
+    return;
+  }
+  struct Guard {
+    void* p;
+    void (*d)(void*);
+    ~Guard() {
+      if (d) d(p);
+    }
+  } guard{state, destroy};
+  op(state);
+}
+
+ThreadState& cur() {
+  Sched& s = S();
+  return s.cur ? s.cur->st : g_host_state;
+}
+
+// ---- launches ----------------------------------------------------------------------------------
+namespace {
+struct Captured {
+  const LaunchOps* ops;
+  void* state;
+  Config cfg;
+};
+void run_launch(const LaunchOps& ops, const void* state, const Config& c) {
+  Sched& s = S();
+  if (s.in_kernel) fail("a kernel launched from inside a kernel");
+  const LaunchOps* saved_ops = s.ops;
+  const void* saved_state = s.state;
+  s.ops = &ops;
+  s.state = state;
+  try {
+    run_grid(c);
+  } catch (...) {
+    s.ops = saved_ops;
+    s.state = saved_state;
+    throw;
+  }
+  s.ops = saved_ops;
+  s.state = saved_state;
+}
+}  // namespace
+
+void launch(const void* fn, const Config& c, const void* const* pointers, int npointers,
+            const LaunchOps& ops, const void* state) {
+  const uint64_t nt = uint64_t(c.block.x) * c.block.y * c.block.z;
+  if (c.block.x == 0 || c.block.y == 0 || c.block.z == 0 || nt > uint64_t(kMaxThreads) ||
+      c.block.z > 64 || c.grid.x == 0 || c.grid.y == 0 || c.grid.z == 0 || c.grid.x > 0x7fffffffu ||
+      c.grid.y > 65535 || c.grid.z > 65535) {
+    if (std::getenv("CUDASIM_VERBOSE"))
+      std::fprintf(stderr, "cudasim: invalid launch configuration: grid %ux%ux%u, block %ux%ux%u\n",
+                   c.grid.x, c.grid.y, c.grid.z, c.block.x, c.block.y, c.block.z);
+    record(cudaErrorInvalidConfiguration);
+    return;
+  }
+  auto it = smem_optin().find(fn);
+  const size_t limit = it == smem_optin().end() ? kDefaultSmem : size_t(it->second);
+  if (c.smem > limit) {
+    if (std::getenv("CUDASIM_VERBOSE"))
+      std::fprintf(stderr, "cudasim: %zu bytes of dynamic shared memory, the function allows %zu\n",
+                   c.smem, limit);
+    record(cudaErrorInvalidValue);
+    return;
+  }
+  for (int i = 0; i < npointers; ++i)
+    if (pointers[i] && !find_allocation(pointers[i])) {
+      std::ostringstream os;
+      os << "kernel argument " << i << " (pointer " << pointers[i]
+         << ") is not device memory (grid " << c.grid.x << "x" << c.grid.y << "x" << c.grid.z
+         << ", block " << c.block.x << "x" << c.block.y << "x" << c.block.z << ")";
+      fail(os.str());
+    }
+  CUstream_st& st = stream_of(c.stream);
+  if (st.capturing) {
+    auto* cap = new Captured{&ops, ops.copy(state), c};
+    st.capture->ops.push_back({[](void* p) {
+                                 auto* k = static_cast<Captured*>(p);
+                                 run_launch(*k->ops, k->state, k->cfg);
+                               },
+                               cap,
+                               [](void* p) {
+                                 auto* k = static_cast<Captured*>(p);
+                                 k->ops->destroy(k->state);
+                                 delete k;
+                               }});
+    return;
+  }
+  run_launch(ops, state, c);
+}
+
+// ---- shared memory and synchronisation ---------------------------------------------------------
+unsigned char* dynamic_shared_base() {
+  return S().smem.data();
+}
+void register_shared(void* p, size_t bytes) {
+  S().shared.emplace_back(p, bytes);
+  std::memset(p, 0xff, bytes);
+}
+
+void syncthreads() {
+  Sched& s = S();
+  if (!s.cur) fail("__syncthreads outside a kernel");
+  Block& b = s.block;
+  if (++b.arrived == b.live) {
+    for (auto& t : b.threads)
+      if (t.state == SimThread::at_barrier) t.state = SimThread::ready;
+    b.arrived = 0;
+    return;
+  }
+  s.cur->state = SimThread::at_barrier;
+  yield_to_scheduler();
+}
+
+int lane_id() {
+  return S().cur ? S().cur->lane : 0;
+}
+
+void warp_collective(unsigned mask, Collective op, const void* in, size_t in_bytes, void* out,
+                     size_t out_bytes) {
+  Sched& s = S();
+  if (!s.cur) fail("a warp-collective operation outside a kernel");
+  SimThread& t = *s.cur;
+  WarpState& w = s.block.warps[size_t(t.warp)];
+  if (!(mask >> t.lane & 1)) {
+    std::ostringstream os;
+    os << "lane " << t.lane << " of warp " << t.warp << " calls a warp-collective operation "
+       << "with mask 0x" << std::hex << mask << ", which leaves it out";
+    fail(os.str());
+  }
+  if (mask & ~w.live) {
+    std::ostringstream os;
+    os << "warp " << t.warp << ": a warp-collective operation names lanes 0x" << std::hex
+       << (mask & ~w.live) << " that have exited or do not exist (mask 0x" << mask << ")";
+    fail(os.str());
+  }
+  if (w.arrived == 0) {
+    w.mask = mask;
+    w.op = op;
+  } else if (w.mask != mask || w.op != op) {
+    std::ostringstream os;
+    os << "warp " << t.warp << ": lanes meet at different warp-collective operations (masks 0x"
+       << std::hex << w.mask << " and 0x" << mask << ")";
+    fail(os.str());
+  }
+  const int buf = int(w.gen & 1);
+  std::memcpy(w.in[buf][t.lane], in, in_bytes);
+  w.arrived |= 1u << t.lane;
+  if (w.arrived == mask) {
+    op(w.in[buf], w.out[buf], mask);
+    ++w.gen;
+    w.arrived = 0;
+    for (int l = 0; l < 32; ++l)
+      if ((mask >> l & 1) && l != t.lane) {
+        SimThread& o = s.block.threads[size_t(t.warp * 32 + l)];
+        if (o.state == SimThread::at_warp) o.state = SimThread::ready;
+      }
+  } else {
+    t.state = SimThread::at_warp;
+    yield_to_scheduler();
+  }
+  std::memcpy(out, w.out[buf][t.lane], out_bytes);
+}
+
+void trap() {
+  fail("__trap() in a kernel");
+}
+
+// ---- PTX ---------------------------------------------------------------------------------------
+uint32_t cvta_shared(const void* p) {
+  Sched& s = S();
+  const auto* q = static_cast<const unsigned char*>(p);
+  if (q < s.smem.data() || q > s.smem.data() + s.smem_bytes)
+    fail("__cvta_generic_to_shared of a pointer outside the block's dynamic shared memory");
+  return uint32_t(q - s.smem.data());
+}
+namespace {
+unsigned char* smem_at(uint32_t addr, size_t bytes, const char* what) {
+  Sched& s = S();
+  if (size_t(addr) + bytes > s.smem_bytes || addr % 16) {
+    std::ostringstream os;
+    os << what << ": shared address " << addr << " (+" << bytes << " bytes) is misaligned or "
+       << "outside the " << s.smem_bytes << " bytes of dynamic shared memory";
+    fail(os.str());
+  }
+  return s.smem.data() + addr;
+}
+}  // namespace
+void cp_async16(uint32_t smem_addr, const void* gmem, int src_bytes) {
+  Sched& s = S();
+  if (!s.cur) fail("cp.async outside a kernel");
+  if (src_bytes < 0 || src_bytes > 16) fail("cp.async: src-size outside [0, 16]");
+  if (src_bytes > 0 && !is_device(gmem, size_t(src_bytes)))
+    fail("cp.async: the global source is not device memory");
+  // The copy lands when a cp.async.wait_group lets it (or at thread exit), not now.
+  s.cur->open.push_back({smem_at(smem_addr, 16, "cp.async"), gmem, src_bytes});
+}
+void cp_async_commit() {
+  Sched& s = S();
+  s.cur->groups.push_back(std::move(s.cur->open));
+  s.cur->open.clear();
+}
+void cp_async_wait(int n) {
+  Sched& s = S();
+  auto& g = s.cur->groups;
+  const size_t done = g.size() > size_t(n) ? g.size() - size_t(n) : 0;
+  for (size_t i = 0; i < done; ++i)
+    for (auto& c : g[i]) perform(c);
+  g.erase(g.begin(), g.begin() + std::ptrdiff_t(done));
+}
+namespace {
+void ldmatrix_op(const unsigned char (*in)[kSlot], unsigned char (*out)[kSlot], unsigned) {
+  // x4: lanes 8i..8i+7 give the row addresses of matrix i (8 rows of 16 bytes); lane l gets,
+  // of every matrix, the 32-bit word (l & 3) of row (l >> 2).
+  for (int l = 0; l < 32; ++l)
+    for (int i = 0; i < 4; ++i) {
+      uint32_t row;
+      std::memcpy(&row, in[i * 8 + (l >> 2)], 4);
+      const unsigned char* p = smem_at(row, 16, "ldmatrix");
+      std::memcpy(out[l] + 4 * i, p + 4 * (l & 3), 4);
+    }
+}
+void mma_b1_op(const unsigned char (*in)[kSlot], unsigned char (*out)[kSlot], unsigned) {
+  // m16n8k256, A row-major 16 x 256 bits, B column-major 256 x 8, C/D 16 x 8 s32. Lane l
+  // (group g = l >> 2, t = l & 3): a0 = A[g][32t, +32), a1 = A[g + 8][32t, +32),
+  // a2 = A[g][128 + 32t, +32), a3 = A[g + 8][128 + 32t, +32); b0 = B[32t, +32)[g],
+  // b1 = B[128 + 32t, +32)[g]; c0, c1 = C[g][2t, 2t + 1], c2, c3 = C[g + 8][2t, 2t + 1].
+  uint32_t A[16][8], B[8][8];
+  int C[16][8];
+  for (int l = 0; l < 32; ++l) {
+    uint32_t v[10];
+    std::memcpy(v, in[l], sizeof v);
+    const int g = l >> 2, t = l & 3;
+    A[g][t] = v[0];
+    A[g + 8][t] = v[1];
+    A[g][4 + t] = v[2];
+    A[g + 8][4 + t] = v[3];
+    B[g][t] = v[4];
+    B[g][4 + t] = v[5];
+    int c[4];
+    std::memcpy(c, v + 6, sizeof c);
+    C[g][2 * t] = c[0];
+    C[g][2 * t + 1] = c[1];
+    C[g + 8][2 * t] = c[2];
+    C[g + 8][2 * t + 1] = c[3];
+  }
+  for (int r = 0; r < 16; ++r)
+    for (int n = 0; n < 8; ++n)
+      for (int k = 0; k < 8; ++k) C[r][n] += __builtin_popcount(A[r][k] & B[n][k]);
+  for (int l = 0; l < 32; ++l) {
+    const int g = l >> 2, t = l & 3;
+    const int d[4] = {C[g][2 * t], C[g][2 * t + 1], C[g + 8][2 * t], C[g + 8][2 * t + 1]};
+    std::memcpy(out[l], d, sizeof d);
+  }
+}
+}  // namespace
+void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+  uint32_t r[4];
+  warp_collective(0xffffffffu, ldmatrix_op, &addr, sizeof addr, r, sizeof r);
+  r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3];
+}
+void mma_b1_and_popc(int (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  uint32_t v[10] = {a[0], a[1], a[2], a[3], b0, b1};
+  std::memcpy(v + 6, c, sizeof c);
+  warp_collective(0xffffffffu, mma_b1_op, v, sizeof v, c, sizeof c);
+}
+
+cudaError_t func_set_attribute(const void* fn, cudaFuncAttribute a, int v) {
+  if (a != cudaFuncAttributeMaxDynamicSharedMemorySize || v < 0 || size_t(v) > kOptinSmem)
+    return record(cudaErrorInvalidValue);
+  smem_optin()[fn] = v;
+  return cudaSuccess;
+}
+
+namespace {
+// CUDASIM_ORDER=reverse runs the threads of every barrier interval in reverse order.
+const bool g_order_init = [] {
+  const char* e = std::getenv("CUDASIM_ORDER");
+  S().reverse = e && std::string(e) == "reverse";
+  return true;
+}();
+}  // namespace
+
+}  // namespace cudasim
+
+// ---- the runtime API ---------------------------------------------------------------------------
+using cudasim::record;
+
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess:
+      return "cudaSuccess";
+    case cudaErrorInvalidValue:
+      return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation:
+      return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration:
+      return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevicePointer:
+      return "cudaErrorInvalidDevicePointer";
+    case cudaErrorInvalidMemcpyDirection:
+      return "cudaErrorInvalidMemcpyDirection";
+    case cudaErrorNoDevice:
+      return "cudaErrorNoDevice";
+    case cudaErrorInvalidResourceHandle:
+      return "cudaErrorInvalidResourceHandle";
+    case cudaErrorIllegalState:
+      return "cudaErrorIllegalState";
+    case cudaErrorIllegalAddress:
+      return "cudaErrorIllegalAddress";
+    case cudaErrorLaunchFailure:
+      return "cudaErrorLaunchFailure";
+    case cudaErrorStreamCaptureUnsupported:
+      return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated:
+      return "cudaErrorStreamCaptureInvalidated";
+  }
+  return "cudaErrorUnknown";
+}
+const char* cudaGetErrorString(cudaError_t e) {
+  return cudaGetErrorName(e);
+}
+cudaError_t cudaGetLastError() {
+  const cudaError_t e = cudasim::g_last;
+  cudasim::g_last = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError() {
+  return cudasim::g_last;
+}
+cudaError_t cudaGetDeviceCount(int* n) {
+  // CUDASIM_DEVICES=0 simulates a machine without a GPU.
+  const char* e = std::getenv("CUDASIM_DEVICES");
+  *n = e ? std::atoi(e) : 1;
+  return *n > 0 ? cudaSuccess : record(cudaErrorNoDevice);
+}
+cudaError_t cudaGetDevice(int* dev) {
+  *dev = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
+  switch (a) {
+    case cudaDevAttrMaxSharedMemoryPerBlock:
+      *v = int(cudasim::kDefaultSmem);
+      break;
+    case cudaDevAttrMultiProcessorCount:
+      *v = cudasim::kSms;
+      break;
+    case cudaDevAttrComputeCapabilityMajor:
+      *v = 9;
+      break;
+    case cudaDevAttrComputeCapabilityMinor:
+      *v = 0;
+      break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin:
+      *v = int(cudasim::kOptinSmem);
+      break;
+    default:
+      return record(cudaErrorInvalidValue);
+  }
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize() {
+  return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void** p, size_t bytes) {
+  // Device memory starts as NaN bytes: a kernel that reads what nobody wrote gets NaN.
+  const size_t n = std::max<size_t>(bytes, 1);
+  void* q = std::aligned_alloc(256, (n + 255) / 256 * 256);
+  if (!q) {
+    *p = nullptr;
+    return record(cudaErrorMemoryAllocation);
+  }
+  std::memset(q, 0xff, n);
+  cudasim::allocations()[reinterpret_cast<uintptr_t>(q)] = n;
+  *p = q;
+  return cudaSuccess;
+}
+cudaError_t cudaFree(void* p) {
+  if (!p) return cudaSuccess;
+  auto& m = cudasim::allocations();
+  auto it = m.find(reinterpret_cast<uintptr_t>(p));
+  if (it == m.end()) return record(cudaErrorInvalidDevicePointer);
+  m.erase(it);
+  std::free(p);
+  return cudaSuccess;
+}
+
+namespace {
+struct MemOp {
+  void* dst;
+  const void* src;
+  size_t bytes;
+  int value;
+};
+cudaError_t check_copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  const bool dd = cudasim::is_device(dst, bytes), sd = cudasim::is_device(src, bytes);
+  bool ok = true;
+  switch (kind) {
+    case cudaMemcpyHostToDevice:
+      ok = dd && !sd;
+      break;
+    case cudaMemcpyDeviceToHost:
+      ok = !dd && sd;
+      break;
+    case cudaMemcpyDeviceToDevice:
+      ok = dd && sd;
+      break;
+    case cudaMemcpyHostToHost:
+      ok = !dd && !sd;
+      break;
+    case cudaMemcpyDefault:
+      break;
+  }
+  if (!ok && bytes > 0) {
+    std::ostringstream os;
+    os << "cudaMemcpy of " << bytes << " bytes, kind " << int(kind) << ": destination is "
+       << (dd ? "" : "not ") << "device memory, source is " << (sd ? "" : "not ")
+       << "device memory";
+    throw tnas::Error("cudasim: " + os.str());
+  }
+  return cudaSuccess;
+}
+}  // namespace
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t s) {
+  check_copy(dst, src, bytes, kind);
+  if (bytes == 0) return cudaSuccess;
+  cudasim::enqueue(
+      s,
+      [](void* p) {
+        auto* m = static_cast<MemOp*>(p);
+        std::memmove(m->dst, m->src, m->bytes);
+      },
+      new MemOp{dst, src, bytes, 0}, [](void* p) { delete static_cast<MemOp*>(p); });
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  return cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
+}
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
+  if (bytes && !cudasim::is_device(p, bytes))
+    throw tnas::Error("cudasim: cudaMemsetAsync of memory that is not device memory");
+  if (bytes == 0) return cudaSuccess;
+  cudasim::enqueue(
+      s,
+      [](void* q) {
+        auto* m = static_cast<MemOp*>(q);
+        std::memset(m->dst, m->value, m->bytes);
+      },
+      new MemOp{p, nullptr, bytes, value}, [](void* q) { delete static_cast<MemOp*>(q); });
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
+  *s = new CUstream_st;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  delete s;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  if (cudasim::stream_of(s).capturing) return record(cudaErrorStreamCaptureUnsupported);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
+  auto& st = cudasim::stream_of(s);
+  if (st.capturing) return record(cudaErrorIllegalState);
+  st.capturing = true;
+  st.capture = std::make_unique<cudasim::OpList>();
+  return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* g) {
+  auto& st = cudasim::stream_of(s);
+  if (!st.capturing) return record(cudaErrorIllegalState);
+  st.capturing = false;
+  *g = new CUgraph_st{std::shared_ptr<cudasim::OpList>(std::move(st.capture))};
+  return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* e, cudaGraph_t g, unsigned long long) {
+  if (!g) return record(cudaErrorInvalidValue);
+  *e = new CUgraphExec_st{g->ops};
+  return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t g) {
+  delete g;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s) {
+  if (!e) return record(cudaErrorInvalidResourceHandle);
+  if (cudasim::stream_of(s).capturing) return record(cudaErrorStreamCaptureUnsupported);
+  for (auto& o : e->ops->ops) o.run(o.state);
+  return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) {
+  delete e;
+  return cudaSuccess;
+}
+
+// ---- cuBLAS ------------------------------------------------------------------------------------
+namespace {
+struct Gemm {
+  bool ta, tb;
+  int m, n, k;
+  float alpha, beta;
+  const float* A;
+  int lda;
+  long long sA;
+  const float* B;
+  int ldb;
+  long long sB;
+  float* C;
+  int ldc;
+  long long sC;
+  int batch;
+};
+void run_gemm(void* p) {
+  const Gemm& g = *static_cast<Gemm*>(p);
+  for (int b = 0; b < g.batch; ++b) {
+    const float* A = g.A + b * g.sA;
+    const float* B = g.B + b * g.sB;
+    float* C = g.C + b * g.sC;
+    for (int j = 0; j < g.n; ++j)
+      for (int i = 0; i < g.m; ++i) {
+        double acc = 0;
+        for (int l = 0; l < g.k; ++l) {
+          const float a = g.ta ? A[l + int64_t(i) * g.lda] : A[i + int64_t(l) * g.lda];
+          const float bv = g.tb ? B[j + int64_t(l) * g.ldb] : B[l + int64_t(j) * g.ldb];
+          acc += double(a) * double(bv);
+        }
+        float& c = C[i + int64_t(j) * g.ldc];
+        // beta == 0: C is not read (it may hold NaN), as in cuBLAS.
+        c = float(g.alpha * acc + (g.beta == 0.0f ? 0.0 : double(g.beta) * c));
+      }
+  }
+}
+cublasStatus_t gemm(cublasHandle_t h, const Gemm& g) {
+  if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+  if (g.m < 0 || g.n < 0 || g.k < 0 || g.batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
+  const int rowsA = g.ta ? g.k : g.m, rowsB = g.tb ? g.n : g.k;
+  if (g.lda < std::max(1, rowsA) || g.ldb < std::max(1, rowsB) || g.ldc < std::max(1, g.m))
+    return CUBLAS_STATUS_INVALID_VALUE;
+  if (g.m == 0 || g.n == 0 || g.batch == 0) return CUBLAS_STATUS_SUCCESS;
+  const int colsA = g.ta ? g.m : g.k, colsB = g.tb ? g.k : g.n;
+  const auto span = [](int ld, int rows, int cols, long long stride, int batch) {
+    return size_t((batch - 1) * stride + int64_t(ld) * (cols - 1) + rows) * sizeof(float);
+  };
+  if ((g.k > 0 && (!cudasim::is_device(g.A, span(g.lda, rowsA, colsA, g.sA, g.batch)) ||
+                   !cudasim::is_device(g.B, span(g.ldb, rowsB, colsB, g.sB, g.batch)))) ||
+      !cudasim::is_device(g.C, span(g.ldc, g.m, g.n, g.sC, g.batch)))
+    throw tnas::Error("cudasim: a cuBLAS GEMM operand is not (all) device memory");
+  cudasim::enqueue(h->stream, run_gemm, new Gemm(g), [](void* p) { delete static_cast<Gemm*>(p); });
+  return CUBLAS_STATUS_SUCCESS;
+}
+}  // namespace
+
+cublasStatus_t cublasCreate(cublasHandle_t* h) {
+  *h = new cublasContext;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasDestroy(cublasHandle_t h) {
+  delete h;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s) {
+  if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+  h->stream = s;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetWorkspace(cublasHandle_t h, void* ws, size_t bytes) {
+  if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+  if (bytes && !cudasim::is_device(ws, bytes)) return CUBLAS_STATUS_INVALID_VALUE;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                           int n, int k, const float* alpha, const float* A, int lda,
+                           const float* B, int ldb, const float* beta, float* C, int ldc) {
+  return gemm(h, {ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, m, n, k, *alpha, *beta, A, lda, 0, B, ldb,
+                  0, C, ldc, 0, 1});
+}
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta,
+                                         cublasOperation_t tb, int m, int n, int k,
+                                         const float* alpha, const float* A, int lda,
+                                         long long strideA, const float* B, int ldb,
+                                         long long strideB, const float* beta, float* C, int ldc,
+                                         long long strideC, int batch) {
+  return gemm(h, {ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, m, n, k, *alpha, *beta, A, lda, strideA, B,
+                  ldb, strideB, C, ldc, strideC, batch});
+}
