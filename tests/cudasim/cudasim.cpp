@@ -246,21 +246,25 @@ std::string describe_deadlock(const Block& b) {
   return os.str();
 }
 
+// CUDASIM_STATS=1: counts, printed every 16,384 launches and at exit.
 struct Stats {
   uint64_t launches = 0, blocks = 0, threads = 0, switches = 0;
+  bool on = std::getenv("CUDASIM_STATS") != nullptr;
+  void print() const {
+    std::fprintf(stderr,
+                 "cudasim: %llu launches, %llu blocks, %llu threads, %llu thread switches\n",
+                 (unsigned long long)launches, (unsigned long long)blocks,
+                 (unsigned long long)threads, (unsigned long long)switches);
+  }
   ~Stats() {
-    if (std::getenv("CUDASIM_STATS"))
-      std::fprintf(stderr,
-                   "cudasim: %llu launches, %llu blocks, %llu threads, %llu thread switches\n",
-                   (unsigned long long)launches, (unsigned long long)blocks,
-                   (unsigned long long)threads, (unsigned long long)switches);
+    if (on) print();
   }
 };
 Stats g_stats;
 
 void run_grid(const Config& c) {
   Sched& s = S();
-  if ((++g_stats.launches & 0x3fff) == 0 && std::getenv("CUDASIM_STATS")) g_stats.~Stats();
+  if ((++g_stats.launches & 0x3fff) == 0 && g_stats.on) g_stats.print();
   const int nt = int(c.block.x * c.block.y * c.block.z);
   ensure_stacks(size_t(nt));
   Block& b = s.block;
@@ -506,10 +510,6 @@ void syncthreads() {
   }
   s.cur->state = SimThread::at_barrier;
   yield_to_scheduler();
-}
-
-int lane_id() {
-  return S().cur ? S().cur->lane : 0;
 }
 
 void warp_collective(unsigned mask, Collective op, const void* in, size_t in_bytes, void* out,

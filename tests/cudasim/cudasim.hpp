@@ -17,6 +17,10 @@
 // shared memory (both are filled with NaN bytes). What it cannot check: timing, memory
 // coalescing, races inside one barrier interval (run with CUDASIM_ORDER=reverse to execute
 // the threads of every interval in the opposite order), and floating-point contraction.
+//
+// Environment: CUDASIM_ORDER=reverse (above); CUDASIM_DEVICES=0 (a machine without a GPU);
+// CUDASIM_VERBOSE=1 (why a launch was refused, on stderr); CUDASIM_STATS=1 (launch, block,
+// thread and thread-switch counts on stderr).
 #pragma once
 
 // <math.h>, not <cmath>: CUDA puts the float and double overloads of exp, log, ... in the
@@ -165,7 +169,6 @@ using Collective = void (*)(const unsigned char (*in)[kSlot], unsigned char (*ou
                             unsigned mask);
 void warp_collective(unsigned mask, Collective op, const void* in, size_t in_bytes, void* out,
                      size_t out_bytes);
-int lane_id();
 [[noreturn]] void trap();
 
 // ---- PTX instructions the XNOR kernel uses (cuda/xnor.cu) --------------------------------------
