@@ -1,23 +1,19 @@
-// cudasim's runtime: the thread scheduler (fibers), the CUDA runtime and cuBLAS calls that
-// cuda/*.cu makes, and the PTX instructions of the XNOR kernel. See cudasim.hpp.
+// cudasim's scheduler: kernel launches (checks, capture), the threads of a block as fibers,
+// barriers and warp-collective operations, shared memory, and the PTX instructions of the XNOR
+// kernel. The runtime API is in cuda_api.cpp, cuBLAS in cublas.cpp. See cudasim.hpp.
 #include "cudasim.hpp"
 
 #include <sys/mman.h>
 
-#include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
-#include <map>
-#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
 
-#include "include/cublas_v2.h"
 #include "include/cuda_runtime.h"
-#include "tnas/core/error.hpp"
+#include "internal.hpp"
 
 // The kernels' vocabulary is not this file's: it names the members these macros stand for.
 #undef threadIdx
@@ -62,12 +58,6 @@ namespace {
 
 constexpr size_t kStackBytes = size_t(256) << 10;
 constexpr int kMaxThreads = 1024;
-constexpr size_t kDefaultSmem = 48 << 10, kOptinSmem = 232448;  // H100: 227 KiB opt-in
-constexpr int kSms = 132;
-
-[[noreturn]] void fail(const std::string& what) {
-  throw tnas::Error("cudasim: " + what);
-}
 
 struct Copy {
   unsigned char* dst;
@@ -323,93 +313,7 @@ void run_grid(const Config& c) {
       }
 }
 
-// ---- device memory -----------------------------------------------------------------------------
-std::map<uintptr_t, size_t>& allocations() {
-  static std::map<uintptr_t, size_t> m;
-  return m;
-}
-// The allocation [p, p + bytes) lies in, or nullptr.
-const std::pair<const uintptr_t, size_t>* find_allocation(const void* p) {
-  auto& m = allocations();
-  const auto a = reinterpret_cast<uintptr_t>(p);
-  auto it = m.upper_bound(a);
-  if (it == m.begin()) return nullptr;
-  --it;
-  if (a > it->first + it->second) return nullptr;  // one past the end is a valid pointer
-  return &*it;
-}
-bool is_device(const void* p, size_t bytes) {
-  const auto* a = find_allocation(p);
-  return a && reinterpret_cast<uintptr_t>(p) + bytes <= a->first + a->second;
-}
-
-cudaError_t g_last = cudaSuccess;
-cudaError_t record(cudaError_t e) {
-  if (e != cudaSuccess) g_last = e;
-  return e;
-}
-std::map<const void*, int>& smem_optin() {
-  static std::map<const void*, int> m;
-  return m;
-}
-
-// ---- streams and graphs -------------------------------------------------------------------------
-struct Op {
-  void (*run)(void*);
-  void* state;
-  void (*destroy)(void*);
-};
-struct OpList {
-  std::vector<Op> ops;
-  ~OpList() {
-    for (auto& o : ops)
-      if (o.destroy) o.destroy(o.state);
-  }
-};
-
 }  // namespace
-}  // namespace cudasim
-
-struct CUstream_st {
-  bool capturing = false;
-  std::unique_ptr<cudasim::OpList> capture;
-};
-struct CUgraph_st {
-  std::shared_ptr<cudasim::OpList> ops;
-};
-struct CUgraphExec_st {
-  std::shared_ptr<cudasim::OpList> ops;
-};
-struct cublasContext {
-  cudaStream_t stream = nullptr;
-};
-
-namespace cudasim {
-namespace {
-CUstream_st& default_stream() {
-  static CUstream_st s;
-  return s;
-}
-CUstream_st& stream_of(void* s) {
-  return s ? *static_cast<CUstream_st*>(s) : default_stream();
-}
-}  // namespace
-
-void enqueue(cudaStream_t s, void (*op)(void*), void* state, void (*destroy)(void*)) {
-  CUstream_st& st = stream_of(s);
-  if (st.capturing) {
-    st.capture->ops.push_back({op, state, destroy});
-    return;
-  }
-  struct Guard {
-    void* p;
-    void (*d)(void*);
-    ~Guard() {
-      if (d) d(p);
-    }
-  } guard{state, destroy};
-  op(state);
-}
 
 ThreadState& cur() {
   Sched& s = S();
@@ -426,19 +330,9 @@ struct Captured {
 void run_launch(const LaunchOps& ops, const void* state, const Config& c) {
   Sched& s = S();
   if (s.in_kernel) fail("a kernel launched from inside a kernel");
-  const LaunchOps* saved_ops = s.ops;
-  const void* saved_state = s.state;
-  s.ops = &ops;
+  s.ops = &ops;  // read by every fiber of the grid
   s.state = state;
-  try {
-    run_grid(c);
-  } catch (...) {
-    s.ops = saved_ops;
-    s.state = saved_state;
-    throw;
-  }
-  s.ops = saved_ops;
-  s.state = saved_state;
+  run_grid(c);
 }
 }  // namespace
 
@@ -454,8 +348,7 @@ void launch(const void* fn, const Config& c, const void* const* pointers, int np
     record(cudaErrorInvalidConfiguration);
     return;
   }
-  auto it = smem_optin().find(fn);
-  const size_t limit = it == smem_optin().end() ? kDefaultSmem : size_t(it->second);
+  const size_t limit = smem_limit(fn);
   if (c.smem > limit) {
     if (std::getenv("CUDASIM_VERBOSE"))
       std::fprintf(stderr, "cudasim: %zu bytes of dynamic shared memory, the function allows %zu\n",
@@ -464,7 +357,7 @@ void launch(const void* fn, const Config& c, const void* const* pointers, int np
     return;
   }
   for (int i = 0; i < npointers; ++i)
-    if (pointers[i] && !find_allocation(pointers[i])) {
+    if (pointers[i] && !in_device_memory(pointers[i])) {
       std::ostringstream os;
       os << "kernel argument " << i << " (pointer " << pointers[i]
          << ") is not device memory (grid " << c.grid.x << "x" << c.grid.y << "x" << c.grid.z
@@ -661,13 +554,6 @@ void mma_b1_and_popc(int (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t 
   warp_collective(0xffffffffu, mma_b1_op, v, sizeof v, c, sizeof c);
 }
 
-cudaError_t func_set_attribute(const void* fn, cudaFuncAttribute a, int v) {
-  if (a != cudaFuncAttributeMaxDynamicSharedMemorySize || v < 0 || size_t(v) > kOptinSmem)
-    return record(cudaErrorInvalidValue);
-  smem_optin()[fn] = v;
-  return cudaSuccess;
-}
-
 namespace {
 // CUDASIM_ORDER=reverse runs the threads of every barrier interval in reverse order.
 const bool g_order_init = [] {
@@ -678,311 +564,3 @@ const bool g_order_init = [] {
 }  // namespace
 
 }  // namespace cudasim
-
-// ---- the runtime API ---------------------------------------------------------------------------
-using cudasim::record;
-
-const char* cudaGetErrorName(cudaError_t e) {
-  switch (e) {
-    case cudaSuccess:
-      return "cudaSuccess";
-    case cudaErrorInvalidValue:
-      return "cudaErrorInvalidValue";
-    case cudaErrorMemoryAllocation:
-      return "cudaErrorMemoryAllocation";
-    case cudaErrorInvalidConfiguration:
-      return "cudaErrorInvalidConfiguration";
-    case cudaErrorInvalidDevicePointer:
-      return "cudaErrorInvalidDevicePointer";
-    case cudaErrorInvalidMemcpyDirection:
-      return "cudaErrorInvalidMemcpyDirection";
-    case cudaErrorNoDevice:
-      return "cudaErrorNoDevice";
-    case cudaErrorInvalidResourceHandle:
-      return "cudaErrorInvalidResourceHandle";
-    case cudaErrorIllegalState:
-      return "cudaErrorIllegalState";
-    case cudaErrorIllegalAddress:
-      return "cudaErrorIllegalAddress";
-    case cudaErrorLaunchFailure:
-      return "cudaErrorLaunchFailure";
-    case cudaErrorStreamCaptureUnsupported:
-      return "cudaErrorStreamCaptureUnsupported";
-    case cudaErrorStreamCaptureInvalidated:
-      return "cudaErrorStreamCaptureInvalidated";
-  }
-  return "cudaErrorUnknown";
-}
-const char* cudaGetErrorString(cudaError_t e) {
-  return cudaGetErrorName(e);
-}
-cudaError_t cudaGetLastError() {
-  const cudaError_t e = cudasim::g_last;
-  cudasim::g_last = cudaSuccess;
-  return e;
-}
-cudaError_t cudaPeekAtLastError() {
-  return cudasim::g_last;
-}
-cudaError_t cudaGetDeviceCount(int* n) {
-  // CUDASIM_DEVICES=0 simulates a machine without a GPU.
-  const char* e = std::getenv("CUDASIM_DEVICES");
-  *n = e ? std::atoi(e) : 1;
-  return *n > 0 ? cudaSuccess : record(cudaErrorNoDevice);
-}
-cudaError_t cudaGetDevice(int* dev) {
-  *dev = 0;
-  return cudaSuccess;
-}
-cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
-  switch (a) {
-    case cudaDevAttrMaxSharedMemoryPerBlock:
-      *v = int(cudasim::kDefaultSmem);
-      break;
-    case cudaDevAttrMultiProcessorCount:
-      *v = cudasim::kSms;
-      break;
-    case cudaDevAttrComputeCapabilityMajor:
-      *v = 9;
-      break;
-    case cudaDevAttrComputeCapabilityMinor:
-      *v = 0;
-      break;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin:
-      *v = int(cudasim::kOptinSmem);
-      break;
-    default:
-      return record(cudaErrorInvalidValue);
-  }
-  return cudaSuccess;
-}
-cudaError_t cudaDeviceSynchronize() {
-  return cudaSuccess;
-}
-
-cudaError_t cudaMalloc(void** p, size_t bytes) {
-  // Device memory starts as NaN bytes: a kernel that reads what nobody wrote gets NaN.
-  const size_t n = std::max<size_t>(bytes, 1);
-  void* q = std::aligned_alloc(256, (n + 255) / 256 * 256);
-  if (!q) {
-    *p = nullptr;
-    return record(cudaErrorMemoryAllocation);
-  }
-  std::memset(q, 0xff, n);
-  cudasim::allocations()[reinterpret_cast<uintptr_t>(q)] = n;
-  *p = q;
-  return cudaSuccess;
-}
-cudaError_t cudaFree(void* p) {
-  if (!p) return cudaSuccess;
-  auto& m = cudasim::allocations();
-  auto it = m.find(reinterpret_cast<uintptr_t>(p));
-  if (it == m.end()) return record(cudaErrorInvalidDevicePointer);
-  m.erase(it);
-  std::free(p);
-  return cudaSuccess;
-}
-
-namespace {
-struct MemOp {
-  void* dst;
-  const void* src;
-  size_t bytes;
-  int value;
-};
-cudaError_t check_copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-  const bool dd = cudasim::is_device(dst, bytes), sd = cudasim::is_device(src, bytes);
-  bool ok = true;
-  switch (kind) {
-    case cudaMemcpyHostToDevice:
-      ok = dd && !sd;
-      break;
-    case cudaMemcpyDeviceToHost:
-      ok = !dd && sd;
-      break;
-    case cudaMemcpyDeviceToDevice:
-      ok = dd && sd;
-      break;
-    case cudaMemcpyHostToHost:
-      ok = !dd && !sd;
-      break;
-    case cudaMemcpyDefault:
-      break;
-  }
-  if (!ok && bytes > 0) {
-    std::ostringstream os;
-    os << "cudaMemcpy of " << bytes << " bytes, kind " << int(kind) << ": destination is "
-       << (dd ? "" : "not ") << "device memory, source is " << (sd ? "" : "not ")
-       << "device memory";
-    throw tnas::Error("cudasim: " + os.str());
-  }
-  return cudaSuccess;
-}
-}  // namespace
-
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
-                            cudaStream_t s) {
-  check_copy(dst, src, bytes, kind);
-  if (bytes == 0) return cudaSuccess;
-  cudasim::enqueue(
-      s,
-      [](void* p) {
-        auto* m = static_cast<MemOp*>(p);
-        std::memmove(m->dst, m->src, m->bytes);
-      },
-      new MemOp{dst, src, bytes, 0}, [](void* p) { delete static_cast<MemOp*>(p); });
-  return cudaSuccess;
-}
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-  return cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
-}
-cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
-  if (bytes && !cudasim::is_device(p, bytes))
-    throw tnas::Error("cudasim: cudaMemsetAsync of memory that is not device memory");
-  if (bytes == 0) return cudaSuccess;
-  cudasim::enqueue(
-      s,
-      [](void* q) {
-        auto* m = static_cast<MemOp*>(q);
-        std::memset(m->dst, m->value, m->bytes);
-      },
-      new MemOp{p, nullptr, bytes, value}, [](void* q) { delete static_cast<MemOp*>(q); });
-  return cudaSuccess;
-}
-
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
-  *s = new CUstream_st;
-  return cudaSuccess;
-}
-cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  delete s;
-  return cudaSuccess;
-}
-cudaError_t cudaStreamSynchronize(cudaStream_t s) {
-  if (cudasim::stream_of(s).capturing) return record(cudaErrorStreamCaptureUnsupported);
-  return cudaSuccess;
-}
-cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
-  auto& st = cudasim::stream_of(s);
-  if (st.capturing) return record(cudaErrorIllegalState);
-  st.capturing = true;
-  st.capture = std::make_unique<cudasim::OpList>();
-  return cudaSuccess;
-}
-cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* g) {
-  auto& st = cudasim::stream_of(s);
-  if (!st.capturing) return record(cudaErrorIllegalState);
-  st.capturing = false;
-  *g = new CUgraph_st{std::shared_ptr<cudasim::OpList>(std::move(st.capture))};
-  return cudaSuccess;
-}
-cudaError_t cudaGraphInstantiate(cudaGraphExec_t* e, cudaGraph_t g, unsigned long long) {
-  if (!g) return record(cudaErrorInvalidValue);
-  *e = new CUgraphExec_st{g->ops};
-  return cudaSuccess;
-}
-cudaError_t cudaGraphDestroy(cudaGraph_t g) {
-  delete g;
-  return cudaSuccess;
-}
-cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s) {
-  if (!e) return record(cudaErrorInvalidResourceHandle);
-  if (cudasim::stream_of(s).capturing) return record(cudaErrorStreamCaptureUnsupported);
-  for (auto& o : e->ops->ops) o.run(o.state);
-  return cudaSuccess;
-}
-cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) {
-  delete e;
-  return cudaSuccess;
-}
-
-// ---- cuBLAS ------------------------------------------------------------------------------------
-namespace {
-struct Gemm {
-  bool ta, tb;
-  int m, n, k;
-  float alpha, beta;
-  const float* A;
-  int lda;
-  long long sA;
-  const float* B;
-  int ldb;
-  long long sB;
-  float* C;
-  int ldc;
-  long long sC;
-  int batch;
-};
-void run_gemm(void* p) {
-  const Gemm& g = *static_cast<Gemm*>(p);
-  for (int b = 0; b < g.batch; ++b) {
-    const float* A = g.A + b * g.sA;
-    const float* B = g.B + b * g.sB;
-    float* C = g.C + b * g.sC;
-    for (int j = 0; j < g.n; ++j)
-      for (int i = 0; i < g.m; ++i) {
-        double acc = 0;
-        for (int l = 0; l < g.k; ++l) {
-          const float a = g.ta ? A[l + int64_t(i) * g.lda] : A[i + int64_t(l) * g.lda];
-          const float bv = g.tb ? B[j + int64_t(l) * g.ldb] : B[l + int64_t(j) * g.ldb];
-          acc += double(a) * double(bv);
-        }
-        float& c = C[i + int64_t(j) * g.ldc];
-        // beta == 0: C is not read (it may hold NaN), as in cuBLAS.
-        c = float(g.alpha * acc + (g.beta == 0.0f ? 0.0 : double(g.beta) * c));
-      }
-  }
-}
-cublasStatus_t gemm(cublasHandle_t h, const Gemm& g) {
-  if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
-  if (g.m < 0 || g.n < 0 || g.k < 0 || g.batch < 0) return CUBLAS_STATUS_INVALID_VALUE;
-  const int rowsA = g.ta ? g.k : g.m, rowsB = g.tb ? g.n : g.k;
-  if (g.lda < std::max(1, rowsA) || g.ldb < std::max(1, rowsB) || g.ldc < std::max(1, g.m))
-    return CUBLAS_STATUS_INVALID_VALUE;
-  if (g.m == 0 || g.n == 0 || g.batch == 0) return CUBLAS_STATUS_SUCCESS;
-  const int colsA = g.ta ? g.m : g.k, colsB = g.tb ? g.k : g.n;
-  const auto span = [](int ld, int rows, int cols, long long stride, int batch) {
-    return size_t((batch - 1) * stride + int64_t(ld) * (cols - 1) + rows) * sizeof(float);
-  };
-  if ((g.k > 0 && (!cudasim::is_device(g.A, span(g.lda, rowsA, colsA, g.sA, g.batch)) ||
-                   !cudasim::is_device(g.B, span(g.ldb, rowsB, colsB, g.sB, g.batch)))) ||
-      !cudasim::is_device(g.C, span(g.ldc, g.m, g.n, g.sC, g.batch)))
-    throw tnas::Error("cudasim: a cuBLAS GEMM operand is not (all) device memory");
-  cudasim::enqueue(h->stream, run_gemm, new Gemm(g), [](void* p) { delete static_cast<Gemm*>(p); });
-  return CUBLAS_STATUS_SUCCESS;
-}
-}  // namespace
-
-cublasStatus_t cublasCreate(cublasHandle_t* h) {
-  *h = new cublasContext;
-  return CUBLAS_STATUS_SUCCESS;
-}
-cublasStatus_t cublasDestroy(cublasHandle_t h) {
-  delete h;
-  return CUBLAS_STATUS_SUCCESS;
-}
-cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s) {
-  if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
-  h->stream = s;
-  return CUBLAS_STATUS_SUCCESS;
-}
-cublasStatus_t cublasSetWorkspace(cublasHandle_t h, void* ws, size_t bytes) {
-  if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
-  if (bytes && !cudasim::is_device(ws, bytes)) return CUBLAS_STATUS_INVALID_VALUE;
-  return CUBLAS_STATUS_SUCCESS;
-}
-cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
-                           int n, int k, const float* alpha, const float* A, int lda,
-                           const float* B, int ldb, const float* beta, float* C, int ldc) {
-  return gemm(h, {ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, m, n, k, *alpha, *beta, A, lda, 0, B, ldb,
-                  0, C, ldc, 0, 1});
-}
-cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta,
-                                         cublasOperation_t tb, int m, int n, int k,
-                                         const float* alpha, const float* A, int lda,
-                                         long long strideA, const float* B, int ldb,
-                                         long long strideB, const float* beta, float* C, int ldc,
-                                         long long strideC, int batch) {
-  return gemm(h, {ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, m, n, k, *alpha, *beta, A, lda, strideA, B,
-                  ldb, strideB, C, ldc, strideC, batch});
-}

@@ -235,24 +235,16 @@ inline float rsqrtf(float v) {
 }
 
 namespace cudasim::detail {
-template <class T>
-void shfl_xor_op(const unsigned char (*in)[kSlot], unsigned char (*out)[kSlot], unsigned mask) {
+// __shfl_xor_sync (DOWN = false) and __shfl_down_sync (DOWN = true): every lane's input is its
+// value and then an int (the lane mask or the delta). A source lane outside the mask (or the
+// warp) leaves the caller's own value, as on the device.
+template <class T, bool DOWN>
+void shfl_op(const unsigned char (*in)[kSlot], unsigned char (*out)[kSlot], unsigned mask) {
   for (int l = 0; l < 32; ++l) {
     if (!(mask >> l & 1)) continue;
-    int delta;
-    std::memcpy(&delta, in[l] + sizeof(T), sizeof delta);
-    const int src = l ^ delta;
-    // A source lane outside the mask (or the warp) leaves the caller's own value.
-    std::memcpy(out[l], in[(src < 32 && (mask >> src & 1)) ? src : l], sizeof(T));
-  }
-}
-template <class T>
-void shfl_down_op(const unsigned char (*in)[kSlot], unsigned char (*out)[kSlot], unsigned mask) {
-  for (int l = 0; l < 32; ++l) {
-    if (!(mask >> l & 1)) continue;
-    int delta;
-    std::memcpy(&delta, in[l] + sizeof(T), sizeof delta);
-    const int src = l + delta;
+    int arg;
+    std::memcpy(&arg, in[l] + sizeof(T), sizeof arg);
+    const int src = DOWN ? l + arg : l ^ arg;
     std::memcpy(out[l], in[(src < 32 && (mask >> src & 1)) ? src : l], sizeof(T));
   }
 }
@@ -291,43 +283,32 @@ inline void ballot_op(const unsigned char (*in)[kSlot], unsigned char (*out)[kSl
 }
 }  // namespace cudasim::detail
 
-template <class T>
-inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
-  static_assert(sizeof(T) + sizeof(int) <= size_t(::cudasim::kSlot), "cudasim: value too large");
-  (void)width;
-  unsigned char in[::cudasim::kSlot];
-  std::memcpy(in, &v, sizeof(T));
-  std::memcpy(in + sizeof(T), &lane_mask, sizeof(int));
-  T r;
-  ::cudasim::warp_collective(mask, ::cudasim::detail::shfl_xor_op<T>, in, sizeof(T) + sizeof(int),
-                             &r, sizeof(T));
-  return r;
-}
-template <class T>
-inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
-  static_assert(sizeof(T) + sizeof(int) <= size_t(::cudasim::kSlot), "cudasim: value too large");
-  (void)width;
-  const int d = int(delta);
-  unsigned char in[::cudasim::kSlot];
-  std::memcpy(in, &v, sizeof(T));
-  std::memcpy(in + sizeof(T), &d, sizeof(int));
-  T r;
-  ::cudasim::warp_collective(mask, ::cudasim::detail::shfl_down_op<T>, in, sizeof(T) + sizeof(int),
-                             &r, sizeof(T));
-  return r;
-}
 namespace cudasim {
-template <class T, bool DOWN>
-T warp_reduce(unsigned mask, T v, int lanes) {
+// A warp-collective operation whose input per lane is a value of T and an int, and whose
+// result is a T.
+template <class T>
+T collective(unsigned mask, Collective op, T v, int arg) {
+  static_assert(sizeof(T) + sizeof(int) <= size_t(kSlot), "cudasim: value too large");
   unsigned char in[kSlot];
   std::memcpy(in, &v, sizeof(T));
-  std::memcpy(in + sizeof(T), &lanes, sizeof lanes);
+  std::memcpy(in + sizeof(T), &arg, sizeof arg);
   T r;
-  warp_collective(mask, detail::warp_reduce_op<T, DOWN>, in, sizeof(T) + sizeof lanes, &r,
-                  sizeof(T));
+  warp_collective(mask, op, in, sizeof(T) + sizeof arg, &r, sizeof(T));
   return r;
 }
+template <class T, bool DOWN>
+T warp_reduce(unsigned mask, T v, int lanes) {
+  return collective(mask, detail::warp_reduce_op<T, DOWN>, v, lanes);
+}
 }  // namespace cudasim
+template <class T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int /*width*/ = 32) {
+  return ::cudasim::collective(mask, ::cudasim::detail::shfl_op<T, false>, v, lane_mask);
+}
+template <class T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int /*width*/ = 32) {
+  return ::cudasim::collective(mask, ::cudasim::detail::shfl_op<T, true>, v, int(delta));
+}
 inline unsigned __ballot_sync(unsigned mask, int pred) {
   const unsigned char in = pred != 0;
   unsigned r;
