@@ -13,9 +13,10 @@
 //    the block reduces them once and writes one partial per (channel, block); a second kernel
 //    sums the partials of each channel in a fixed order (deterministic, no atomics).
 //  - pointwise (1x1, stride 1, no padding, groups 1): cuBLAS strided-batched GEMMs.
-//  - anything else (dense or grouped KxK, 1x1 with stride, other depthwise sizes): direct
-//    kernels, one thread per output (forward / backward-input) or one block per weight
-//    (backward-weight). Correct for every shape; not tuned.
+//  - anything else (dense or grouped KxK, 1x1 with stride, other depthwise sizes): cuDNN where
+//    the build has it (cudnn.cu; ConvEngine::automatic), else direct kernels, one thread per
+//    output (forward / backward-input) or one block per weight (backward-weight): correct for
+//    every shape, not tuned. ConvEngine::native / cudnn force one side for every shape.
 // The ReLU before a conv (ConvShape::relu_x) is fused: the depthwise and direct kernels apply
 // it as they stage or read x, and backward-input zeroes gx where x <= 0 as it stores; the
 // cuBLAS paths read a ReLU'd scratch copy of x and mask gx in one extra elementwise pass.
@@ -471,7 +472,8 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
                                 int(ldb), A, int(lda), &beta, C, int(ldc)));
 }
 
-// A ReLU'd copy of x [N, C, H, W] in scratch memory (the cuBLAS paths with relu_x), or x.
+// A ReLU'd copy of x [N, C, H, W] in scratch memory (the cuBLAS and cuDNN paths with relu_x),
+// or x.
 class ReluCopy {
  public:
   ReluCopy(const ConvShape& p, const float* x) : x_(x) {
@@ -494,8 +496,16 @@ class ReluCopy {
   size_t bytes_ = 0;
 };
 
+// Whether tnas has a kernel written for p's shape (ConvEngine::automatic keeps these).
+bool native_kernel_for(const ConvShape& p) {
+  return is_tiled_depthwise(p) || is_pointwise(p);
+}
+
 void conv2d_forward(const ConvShape& p, const float* x, const float* w, float* y) {
-  if (is_tiled_depthwise(p)) {
+  if (conv_uses_cudnn(p, native_kernel_for(p))) {
+    const ReluCopy xin(p, x);
+    cudnn_conv2d_forward(p, xin.get(), w, y);
+  } else if (is_tiled_depthwise(p)) {
     by_dw_shape(p, [&]<int R, int ST, int D>() {
       by_flag(p.relu_x, [&]<bool RELU>() {
         const Tiling t = make_tiling(int(p.P), int(p.Q), int(p.N * p.C), R, R, ST, D);
@@ -522,7 +532,13 @@ void conv2d_forward(const ConvShape& p, const float* x, const float* w, float* y
 void conv2d_backward_input(const ConvShape& p, const float* gy, const float* w, const float* x,
                            float* gx) {
   TNAS_CHECK(!p.relu_x || x, "conv2d backward-input (cuda): relu_x needs the forward's input");
-  if (is_tiled_depthwise(p)) {
+  if (conv_uses_cudnn(p, native_kernel_for(p))) {
+    cudnn_conv2d_backward_input(p, gy, w, gx);
+    if (p.relu_x) {
+      const int64_t n = p.N * p.C * p.H * p.W;
+      relu_mask_kernel<<<blocks_for(n, 256), 256, 0, stream()>>>(x, gx, n);
+    }
+  } else if (is_tiled_depthwise(p)) {
     by_dw_shape(p, [&]<int R, int ST, int D>() {
       by_flag(p.relu_x, [&]<bool MASK>() {
         const int planes = int(p.N * p.C);
@@ -568,7 +584,10 @@ void conv2d_backward_input(const ConvShape& p, const float* gy, const float* w, 
 }
 
 void conv2d_backward_weight(const ConvShape& p, const float* x, const float* gy, float* gw) {
-  if (is_tiled_depthwise(p)) {
+  if (conv_uses_cudnn(p, native_kernel_for(p))) {
+    const ReluCopy xin(p, x);
+    cudnn_conv2d_backward_weight(p, xin.get(), gy, gw);
+  } else if (is_tiled_depthwise(p)) {
     by_dw_shape(p, [&]<int R, int ST, int D>() {
       by_flag(p.relu_x, [&]<bool RELU>() {
         const Tiling t = make_tiling(int(p.P), int(p.Q), int(p.N), R, R, ST, D);

@@ -53,6 +53,7 @@ void fill_hook(void* dst, Device, DType t, double v, size_t count) {
 // graph's private pool during capture (a call that the global mode forbids).
 void capture_begin(Device) {
   TNAS_CHECK(!g_capturing, "CUDA graph capture: already capturing");
+  cudnn_prepare();  // cudnnCreate allocates and synchronises: not inside the capture
   TNAS_CUDA_CHECK(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeRelaxed));
   g_capturing = true;
 }

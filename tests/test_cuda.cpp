@@ -132,13 +132,16 @@ TEST_CASE("cuda: elementwise, broadcasting, reductions") {
           {rnd({3, 2, 7}, 6), rnd({3, 5, 7}, 7)});
 }
 
-TEST_CASE("cuda: depthwise and dilated depthwise conv, every kernel size / stride / dilation") {
-  SKIP_WITHOUT_GPU();
+namespace {
+
+// Every depthwise kernel size / stride / dilation on the given shapes, plain and with the ReLU
+// fused (read as max(x, 0), dx masked by x > 0).
+void check_depthwise_convs(const std::vector<Shape>& shapes) {
   for (int R : {3, 5})
     for (int stride : {1, 2})
       for (int dil : {1, 2}) {
         const int pad = (R - 1) * dil / 2;
-        for (auto shape : {Shape{3, 5, 7, 9}, Shape{2, 4, 16, 16}, Shape{1, 3, 13, 37}}) {
+        for (const Shape& shape : shapes) {
           const int64_t C = shape[1];
           Tensor x = rnd(shape, 10 + R), w = rnd({C, 1, R, R}, 20 + R, 0.5);
           const std::string what = "dw R=" + std::to_string(R) + " s=" + std::to_string(stride) +
@@ -147,7 +150,6 @@ TEST_CASE("cuda: depthwise and dilated depthwise conv, every kernel size / strid
               .stride = stride, .padding = pad, .dilation = dil, .groups = int(C)};
           compare(
               what, [&](const V& v) { return conv2d(v[0], v[1], o); }, {x, w}, 1e-4);
-          // the ReLU fused into the kernels (read as max(x, 0), dx masked by x > 0)
           compare(
               "relu " + what, [&](const V& v) { return relu_conv2d(v[0], v[1], o); },
               {testing::with_zeros(x), w}, 1e-4);
@@ -155,8 +157,9 @@ TEST_CASE("cuda: depthwise and dilated depthwise conv, every kernel size / strid
       }
 }
 
-TEST_CASE("cuda: pointwise, dense, grouped and strided conv, with bias; linear and matmul") {
-  SKIP_WITHOUT_GPU();
+// Pointwise (cuBLAS, batched and single image), strided 1x1, dense, grouped and 7x7 depthwise
+// convolutions, plain and with the ReLU fused.
+void check_other_convs() {
   Tensor x = rnd({3, 6, 7, 9}, 30);
   compare("pointwise", [](const V& v) { return conv2d(v[0], v[1], {}, v[2]); },
           {x, rnd({5, 6, 1, 1}, 31), rnd({5}, 32)});
@@ -167,7 +170,12 @@ TEST_CASE("cuda: pointwise, dense, grouped and strided conv, with bias; linear a
   compare("grouped 3x3 stride 2",
           [](const V& v) { return conv2d(v[0], v[1], {.stride = 2, .padding = 1, .groups = 2}); },
           {x, rnd({4, 3, 3, 3}, 35)});
-  // the ReLU fused into each path: cuBLAS (batched and single image), direct kernels
+  compare("dense 5x5 dilation 2 stride 2, no padding",
+          [](const V& v) { return conv2d(v[0], v[1], {.stride = 2, .dilation = 2}); },
+          {rnd({2, 3, 13, 11}, 61), rnd({4, 3, 5, 5}, 62)});
+  compare("depthwise 7x7 (no tiled kernel)",
+          [](const V& v) { return conv2d(v[0], v[1], {.padding = 3, .groups = 6}); },
+          {x, rnd({6, 1, 7, 7}, 63)});
   Tensor xz = testing::with_zeros(x);
   compare("relu pointwise with bias", [](const V& v) { return relu_conv2d(v[0], v[1], {}, v[2]); },
           {xz, rnd({5, 6, 1, 1}, 53), rnd({5}, 54)});
@@ -180,10 +188,96 @@ TEST_CASE("cuda: pointwise, dense, grouped and strided conv, with bias; linear a
   // pointwise weight gradient over many images (one batched GEMM + a fixed-order sum)
   compare("pointwise, 37 images", [](const V& v) { return conv2d(v[0], v[1]); },
           {rnd({37, 16, 6, 5}, 59), rnd({24, 16, 1, 1}, 60)});
+}
+
+// Sets the convolution engine for a scope and restores the previous one.
+class EngineScope {
+ public:
+  explicit EngineScope(cuda::ConvEngine e) : saved_(cuda::conv_engine()) {
+    cuda::set_conv_engine(e);
+  }
+  ~EngineScope() { cuda::set_conv_engine(saved_); }
+  EngineScope(const EngineScope&) = delete;
+  EngineScope& operator=(const EngineScope&) = delete;
+
+ private:
+  cuda::ConvEngine saved_;
+};
+
+}  // namespace
+
+TEST_CASE("cuda: depthwise and dilated depthwise conv, every kernel size / stride / dilation") {
+  SKIP_WITHOUT_GPU();
+  check_depthwise_convs({Shape{3, 5, 7, 9}, Shape{2, 4, 16, 16}, Shape{1, 3, 13, 37}});
+}
+
+TEST_CASE("cuda: pointwise, dense, grouped and strided conv, with bias; linear and matmul") {
+  SKIP_WITHOUT_GPU();
+  check_other_convs();
   compare("linear", [](const V& v) { return linear(v[0], v[1], v[2]); },
           {rnd({7, 11}, 36), rnd({5, 11}, 37), rnd({5}, 38)});
   compare("matmul", [](const V& v) { return matmul(v[0], v[1]); },
           {rnd({7, 11}, 39), rnd({11, 3}, 40)});
+}
+
+TEST_CASE("cuda: convolution engines: native kernels and cuDNN for every shape") {
+  SKIP_WITHOUT_GPU();
+  const std::string about = std::string("conv engine by default: ") +
+                            cuda::to_string(cuda::conv_engine()) +
+                            "; cuDNN in this build: " + (cuda::has_cudnn() ? "yes" : "no");
+  MESSAGE(about);
+  for (cuda::ConvEngine e : {cuda::ConvEngine::native, cuda::ConvEngine::cudnn}) {
+    INFO("engine ", cuda::to_string(e));
+    if (e == cuda::ConvEngine::cudnn && !cuda::has_cudnn()) {
+      MESSAGE("skipped the cudnn engine: this build has no cuDNN");
+      CHECK_THROWS_WITH_AS(cuda::set_conv_engine(e), doctest::Contains("no cuDNN"), Error);
+      continue;
+    }
+    const EngineScope scope(e);
+    check_other_convs();
+    check_depthwise_convs({Shape{2, 3, 11, 13}});
+  }
+}
+
+TEST_CASE("cuda: every convolution engine repeats its results bit for bit") {
+  SKIP_WITHOUT_GPU();
+  // Large enough reductions (weight gradients over N*P*Q = 1,350 terms) that a summation order
+  // changing between calls would show.
+  const Tensor x = rnd({6, 8, 15, 15}, 70), w = rnd({8, 8, 3, 3}, 71), g = rnd({6, 8, 15, 15}, 72);
+  for (cuda::ConvEngine e :
+       {cuda::ConvEngine::native, cuda::ConvEngine::cudnn, cuda::ConvEngine::automatic}) {
+    if (e == cuda::ConvEngine::cudnn && !cuda::has_cudnn()) continue;
+    INFO("engine ", cuda::to_string(e));
+    const EngineScope scope(e);
+    std::vector<Tensor> first;
+    for (int run = 0; run < 2; ++run) {
+      Tensor xd = x.to(Device::cuda), wd = w.to(Device::cuda);
+      xd.set_requires_grad();
+      wd.set_requires_grad();
+      Tensor y = conv2d(xd, wd, {.padding = 1});
+      backward(y, g.to(Device::cuda));
+      const std::vector<Tensor> now{y.cpu(), xd.grad().cpu(), wd.grad().cpu()};
+      if (run == 0) {
+        first = now;
+        continue;
+      }
+      for (size_t i = 0; i < now.size(); ++i) {
+        INFO("output ", i, " (y, dx, dw)");
+        CHECK(max_abs_diff(first[i], now[i]) == 0.0);
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda: conv engine names") {
+  CHECK(cuda::parse_conv_engine("auto") == cuda::ConvEngine::automatic);
+  CHECK(cuda::parse_conv_engine("native") == cuda::ConvEngine::native);
+  CHECK(cuda::parse_conv_engine("cudnn") == cuda::ConvEngine::cudnn);
+  CHECK_THROWS_WITH_AS(cuda::parse_conv_engine("cuDNN9"),
+                       doctest::Contains("'cuDNN9' (expected auto, native or cudnn)"), Error);
+  for (cuda::ConvEngine e :
+       {cuda::ConvEngine::automatic, cuda::ConvEngine::native, cuda::ConvEngine::cudnn})
+    CHECK(cuda::parse_conv_engine(cuda::to_string(e)) == e);
 }
 
 TEST_CASE("cuda: max and avg pooling") {

@@ -46,6 +46,7 @@ struct Args {
   bool resume = false;
   std::string device = "cpu";
   bool device_graph = false;
+  std::string cuda_conv;  // empty: the backend's default (TNAS_CUDA_CONV, else auto)
   bool quiet = false;
   double temperature = 0;             // softmax temperature of alpha; 0: 1 for darts, 0.5 for bats
   double binary_weight_share = 0.4;   // bats: share of the retraining with binarised weights
@@ -89,10 +90,13 @@ double temperature(const Args& a) {
 
 // The device of --device, checked: cuda needs a build with the CUDA backend and a GPU.
 Device device_of(const Args& a) {
+  TNAS_CHECK(a.cuda_conv.empty() || a.device == "cuda",
+             "tnas-search: --cuda-conv applies to --device cuda only");
   if (a.device == "cpu") return Device::cpu;
 #ifdef TNAS_HAVE_CUDA
   TNAS_CHECK(cuda::available(), "tnas-search: --device cuda: no CUDA device is usable here (",
              cuda::device_count(), " device(s) found)");
+  if (!a.cuda_conv.empty()) cuda::set_conv_engine(cuda::parse_conv_engine(a.cuda_conv));
   return Device::cuda;
 #else
   TNAS_FAIL("tnas-search: --device ", a.device,
@@ -377,11 +381,24 @@ int main(int argc, char** argv) {
   app.add_option("--device", a.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_flag("--device-graph", a.device_graph,
                "with --device cuda: capture each search step as a CUDA graph and replay it");
+  app.add_option("--cuda-conv", a.cuda_conv,
+                 "with --device cuda: convolution engine, auto (tnas's kernels for depthwise and "
+                 "pointwise, cuDNN for the rest where built with it), native or cudnn "
+                 "(default: $TNAS_CUDA_CONV, else auto)")
+      ->check(CLI::IsMember({"auto", "native", "cudnn"}));
   app.add_flag("--quiet", a.quiet, "no progress output");
   CLI11_PARSE(app, argc, argv);
 
   try {
-    (void)device_of(a);  // an unusable --device fails here, before the data is read
+    const Device dev = device_of(a);  // an unusable --device fails here, before the data is read
+#ifdef TNAS_HAVE_CUDA
+    if (dev == Device::cuda)
+      std::fprintf(stderr, "device: cuda, convolution engine %s (cuDNN %s)\n",
+                   cuda::to_string(cuda::conv_engine()),
+                   cuda::has_cudnn() ? "in this build" : "not in this build");
+#else
+    (void)dev;
+#endif
     const double t0 = train::Progress::now();
     data::Dataset train_all = data::load_idx_dataset(a.data, "train");
     data::Dataset test = data::load_idx_dataset(a.data, "t10k");
