@@ -110,12 +110,22 @@ __device__ __forceinline__ void store_outputs(float* y, int ow, int Q, const flo
   }
 }
 
+// Blocks of 256 threads per SM the depthwise forward kernel is compiled for. Left to itself,
+// ptxas holds the 5x5 kernels to 32 registers (full occupancy) and spills a few bytes for it,
+// where their 25 weights, the input window and 4 accumulators want about 40: six blocks (1,536
+// threads, 40 registers each) keep 75% occupancy without spilling, five (48 registers) with
+// the ReLU mask of backward-input. 3x3 kernels fit in 32 (1: no constraint).
+template <int R, int S, bool MASK>
+constexpr int kMinBlocks = R* S <= 9 ? 1
+                           : MASK    ? 5
+                                     : 6;
+
 // y[plane] = depthwise correlation of x[plane] (H x W) with w[plane % C] (R x S), output
 // P x Q, stride ST, dilation D, padding `pad` (any sign). FLIP: use w rotated by 180 degrees
 // (backward-input at stride 1). RELU: read max(x, 0). MASK: zero y where `mask` (of y's
 // shape) is not > 0.
 template <int R, int S, int ST, int D, bool FLIP, bool RELU, bool MASK>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(256, kMinBlocks<R, S, MASK>)
     dw_forward_kernel(const float* __restrict__ x, const float* __restrict__ w,
                       const float* __restrict__ mask, float* __restrict__ y, int planes, int C,
                       int H, int W, int P, int Q, int pad, int ih, int iw_pad) {
