@@ -179,6 +179,53 @@ void BM_cuda_batchnorm_train(benchmark::State& st) {
   });
 }
 
+// ---- dense convolutions through each engine ----------------------------------------------
+// What ConvEngine::automatic decides for shapes tnas has no tuned kernel for: tnas's direct
+// kernels (native) against cuDNN through the same kernel-table entries. range(0): shape
+// (0: the DARTS stem, 64x3x32x32 -> 48, 3x3; 1: a ResNet-style 64x64x32x32 -> 64, 3x3;
+// 2: a reduction 64x64x32x32 -> 128, 3x3 stride 2), range(1): 0 native / 1 cudnn,
+// range(2): 0 forward, 1 backward-input, 2 backward-weight, 3 all three.
+void BM_cuda_dense_conv(benchmark::State& st) {
+  if (skip_without_gpu(st)) return;
+  const cuda::ConvEngine e = st.range(1) ? cuda::ConvEngine::cudnn : cuda::ConvEngine::native;
+  if (e == cuda::ConvEngine::cudnn && !cuda::has_cudnn()) {
+    st.SkipWithError("this build has no cuDNN");
+    return;
+  }
+  const backend::ConvShape shapes[] = {{64, 3, 32, 32, 48, 3, 3, 1, 1, 1, 1, 32, 32, false},
+                                       {64, 64, 32, 32, 64, 3, 3, 1, 1, 1, 1, 32, 32, false},
+                                       {64, 64, 32, 32, 128, 3, 3, 2, 1, 1, 1, 16, 16, false}};
+  const backend::ConvShape& p = shapes[st.range(0)];
+  const int which = int(st.range(2));
+  const cuda::ConvEngine saved = cuda::conv_engine();
+  cuda::set_conv_engine(e);
+  Tensor x = dev_randn({p.N, p.C, p.H, p.W}, 80), w = dev_randn({p.K, p.C, p.R, p.S}, 81);
+  Tensor y = dev_randn({p.N, p.K, p.P, p.Q}, 82);
+  Tensor gx = Tensor::empty(x.shape(), DType::f32, Device::cuda);
+  Tensor gw = Tensor::empty(w.shape(), DType::f32, Device::cuda);
+  const auto& k = backend::kernels(Device::cuda);
+  const double xb = double(x.nbytes()), yb = double(y.nbytes()), wb = double(w.nbytes());
+  const double bytes = which == 3 ? 3 * (xb + yb + wb) : xb + yb + wb;
+  time_loop(st, tnas_stream(), bytes, [&] {
+    if (which == 0 || which == 3)
+      k.conv2d_forward(p, x.data<float>(), w.data<float>(), y.data<float>());
+    if (which == 1 || which == 3)
+      k.conv2d_backward_input(p, y.data<float>(), w.data<float>(), nullptr, gx.data<float>());
+    if (which == 2 || which == 3)
+      k.conv2d_backward_weight(p, x.data<float>(), y.data<float>(), gw.data<float>());
+  });
+  cuda::set_conv_engine(saved);
+  st.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * double(p.N * p.K * p.P * p.Q * p.C * p.R * p.S) *
+                             (which == 3 ? 3 : 1) * double(st.iterations()),
+                         benchmark::Counter::kIsRate);
+  char label[96];
+  std::snprintf(label, sizeof label, "N%lld %lld->%lld %lldx%lld s%lld %s", (long long)p.N,
+                (long long)p.C, (long long)p.K, (long long)p.H, (long long)p.W, (long long)p.stride,
+                cuda::to_string(e));
+  st.SetLabel(label);
+}
+
 // ---- binary convolution at issue #5's shape ----------------------------------------------
 // N 64, 256 -> 256 channels, 28x28, 3x3, padding 1: the XNOR kernels against cuDNN's float32,
 // TF32 and float16 convolutions of the same shape (BM_cudnn_conv_xnor_shape below).
@@ -465,6 +512,10 @@ BENCHMARK(BM_cuda_weighted_sum8)
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_cuda_batchnorm_train)
     ->Apply(shape_dir_args)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_cuda_dense_conv)
+    ->ArgsProduct({{0, 1, 2}, {0, 1}, {0, 1, 2, 3}})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_cuda_xnor_conv)
