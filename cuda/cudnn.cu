@@ -14,6 +14,7 @@
 // caching allocator, freed in stream order like every other scratch buffer.
 #include <array>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -82,19 +83,51 @@ struct Plan {
   }
 };
 
-std::mutex g_mu;                   // guards g_handle and g_plans
+std::mutex g_mu;                   // guards the handle, its failure and g_plans
 cudnnHandle_t g_handle = nullptr;  // never destroyed, as the cuBLAS handle
+std::string g_init_error;          // why the handle could not be made (not retried)
 // Plans live for the program (a search sees a few dozen shapes); their addresses are stable.
 std::map<std::array<int64_t, 11>, std::unique_ptr<Plan>> g_plans;
 
+// The handle, made on first use. A cuDNN that cannot start (a library missing at run time, a
+// driver it does not support) fails the same way on every later call, without retrying.
 cudnnHandle_t handle_locked() {
-  if (!g_handle) {
-    cudnnHandle_t h = nullptr;
-    TNAS_CUDNN_CHECK(cudnnCreate(&h));
-    TNAS_CUDNN_CHECK(cudnnSetStream(h, stream()));
-    g_handle = h;
+  if (g_handle) return g_handle;
+  TNAS_CHECK(g_init_error.empty(), g_init_error);
+  cudnnHandle_t h = nullptr;
+  cudnnStatus_t s = cudnnCreate(&h);
+  if (s == CUDNN_STATUS_SUCCESS) {
+    s = cudnnSetStream(h, stream());
+    if (s != CUDNN_STATUS_SUCCESS) (void)cudnnDestroy(h);
   }
-  return g_handle;
+  if (s != CUDNN_STATUS_SUCCESS) {
+    g_init_error = std::string("cuDNN could not be initialised (") + cudnnGetErrorString(s) +
+                   " from cudnnCreate / cudnnSetStream)";
+    TNAS_CHECK(false, g_init_error);
+  }
+  g_handle = h;
+  return h;
+}
+
+// For ConvEngine::automatic: whether cuDNN can be used at all. Where it cannot, automatic
+// runs tnas's kernels for every shape, and says so once on stderr; ConvEngine::cudnn fails.
+bool usable_locked() {
+  if (g_handle) return true;
+  if (g_init_error.empty()) {
+    try {
+      (void)handle_locked();
+      return true;
+    } catch (const Error&) {  // g_init_error says why
+    }
+  }
+  static bool said = false;
+  if (!said) {
+    said = true;
+    std::fprintf(stderr,
+                 "tnas: %s; ConvEngine::automatic runs tnas's kernels for every convolution\n",
+                 g_init_error.c_str());
+  }
+  return false;
 }
 cudnnHandle_t handle() {
   std::lock_guard<std::mutex> lock(g_mu);
@@ -221,6 +254,10 @@ bool conv_uses_cudnn(const ConvShape& p, bool native_kernel_for_shape) {
   if (e == ConvEngine::native || (e == ConvEngine::automatic && native_kernel_for_shape))
     return false;
 #ifdef TNAS_HAVE_CUDNN
+  if (e == ConvEngine::automatic) {
+    std::lock_guard<std::mutex> lock(g_mu);
+    if (!usable_locked()) return false;
+  }
   return plan(p).ok;
 #else
   (void)p;
@@ -230,9 +267,13 @@ bool conv_uses_cudnn(const ConvShape& p, bool native_kernel_for_shape) {
 
 void cudnn_prepare() {
 #ifdef TNAS_HAVE_CUDNN
-  if (conv_engine() == ConvEngine::native) return;
+  const ConvEngine e = conv_engine();
+  if (e == ConvEngine::native) return;
   std::lock_guard<std::mutex> lock(g_mu);
-  (void)handle_locked();
+  if (e == ConvEngine::automatic)
+    (void)usable_locked();
+  else
+    (void)handle_locked();
 #endif
 }
 

@@ -20,7 +20,8 @@
 //
 // Environment: CUDASIM_ORDER=reverse (above); CUDASIM_DEVICES=0 (a machine without a GPU);
 // CUDASIM_VERBOSE=1 (why a launch was refused, on stderr); CUDASIM_STATS=1 (launch, block,
-// thread and thread-switch counts on stderr).
+// thread and thread-switch counts on stderr); CUDASIM_NO_CUDNN=1 (cudnnCreate fails, as a
+// cuDNN that cannot start).
 #pragma once
 
 // <math.h>, not <cmath>: CUDA puts the float and double overloads of exp, log, ... in the

@@ -15,6 +15,7 @@
 // asking for 1 TiB of workspace, before the deterministic FMA algorithms that sum in double.
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -304,6 +305,9 @@ size_t cudnnGetVersion() {
   return 91900;
 }
 cudnnStatus_t cudnnCreate(cudnnHandle_t* h) {
+  // CUDASIM_NO_CUDNN=1: a cuDNN that cannot start (as with a sub-library missing at run time).
+  if (const char* v = std::getenv("CUDASIM_NO_CUDNN"); v && *v && std::strcmp(v, "0") != 0)
+    return CUDNN_STATUS_NOT_INITIALIZED;
   return create(h);
 }
 cudnnStatus_t cudnnDestroy(cudnnHandle_t h) {
