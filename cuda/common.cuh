@@ -115,13 +115,15 @@ void conv2d_backward_weight(const ConvShape& p, const float* x, const float* gy,
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
-// cudnn.cu: whether convolution p goes to cuDNN under the current ConvEngine (cuda.hpp), given
-// whether tnas has a kernel written for its shape; false where cuDNN cannot take the shape.
-// The cudnn_ calls read x as given (the caller applies p.relu_x: cuDNN does not fuse it).
-bool conv_uses_cudnn(const ConvShape& p, bool native_kernel_for_shape);
-void cudnn_conv2d_forward(const ConvShape& p, const float* x, const float* w, float* y);
-void cudnn_conv2d_backward_input(const ConvShape& p, const float* gy, const float* w, float* gx);
-void cudnn_conv2d_backward_weight(const ConvShape& p, const float* x, const float* gy, float* gw);
+// cudnn.cu: cuDNN's plan for convolution p where the current ConvEngine (cuda.hpp) sends p to
+// cuDNN, given whether tnas has a kernel written for its shape; null where it does not, where
+// cuDNN cannot take the shape, and in a build without cuDNN. The cudnn_ calls run a plan and
+// read x as given (the caller applies p.relu_x: cuDNN does not fuse it).
+struct CudnnPlan;
+const CudnnPlan* cudnn_plan(const ConvShape& p, bool native_kernel_for_shape);
+void cudnn_conv2d_forward(const CudnnPlan& pl, const float* x, const float* w, float* y);
+void cudnn_conv2d_backward_input(const CudnnPlan& pl, const float* gy, const float* w, float* gx);
+void cudnn_conv2d_backward_weight(const CudnnPlan& pl, const float* x, const float* gy, float* gw);
 // Creates the cuDNN handle now if the engine may use it (before a graph capture begins).
 void cudnn_prepare();
 

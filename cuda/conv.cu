@@ -512,9 +512,9 @@ bool native_kernel_for(const ConvShape& p) {
 }
 
 void conv2d_forward(const ConvShape& p, const float* x, const float* w, float* y) {
-  if (conv_uses_cudnn(p, native_kernel_for(p))) {
+  if (const CudnnPlan* cp = cudnn_plan(p, native_kernel_for(p))) {
     const ReluCopy xin(p, x);
-    cudnn_conv2d_forward(p, xin.get(), w, y);
+    cudnn_conv2d_forward(*cp, xin.get(), w, y);
   } else if (is_tiled_depthwise(p)) {
     by_dw_shape(p, [&]<int R, int ST, int D>() {
       by_flag(p.relu_x, [&]<bool RELU>() {
@@ -542,8 +542,8 @@ void conv2d_forward(const ConvShape& p, const float* x, const float* w, float* y
 void conv2d_backward_input(const ConvShape& p, const float* gy, const float* w, const float* x,
                            float* gx) {
   TNAS_CHECK(!p.relu_x || x, "conv2d backward-input (cuda): relu_x needs the forward's input");
-  if (conv_uses_cudnn(p, native_kernel_for(p))) {
-    cudnn_conv2d_backward_input(p, gy, w, gx);
+  if (const CudnnPlan* cp = cudnn_plan(p, native_kernel_for(p))) {
+    cudnn_conv2d_backward_input(*cp, gy, w, gx);
     if (p.relu_x) {
       const int64_t n = p.N * p.C * p.H * p.W;
       relu_mask_kernel<<<blocks_for(n, 256), 256, 0, stream()>>>(x, gx, n);
@@ -594,9 +594,9 @@ void conv2d_backward_input(const ConvShape& p, const float* gy, const float* w, 
 }
 
 void conv2d_backward_weight(const ConvShape& p, const float* x, const float* gy, float* gw) {
-  if (conv_uses_cudnn(p, native_kernel_for(p))) {
+  if (const CudnnPlan* cp = cudnn_plan(p, native_kernel_for(p))) {
     const ReluCopy xin(p, x);
-    cudnn_conv2d_backward_weight(p, xin.get(), gy, gw);
+    cudnn_conv2d_backward_weight(*cp, xin.get(), gy, gw);
   } else if (is_tiled_depthwise(p)) {
     by_dw_shape(p, [&]<int R, int ST, int D>() {
       by_flag(p.relu_x, [&]<bool RELU>() {

@@ -5,7 +5,7 @@
 //
 // cuDNN's convolutions go through its legacy descriptor API (cudnn_cnn.h; deprecated in
 // cuDNN 9 in favour of the graph API, but complete for what tnas needs, and the API that
-// bench_cuda's yardstick already uses). Per shape one Plan is made, once, under a lock: the
+// bench_cuda's yardstick already uses). Per shape one CudnnPlan is made, once, under a lock: the
 // tensor, filter and convolution descriptors and, for each direction, the algorithm and its
 // workspace. Algorithms come from cuDNN's heuristics (cudnnGet*Algorithm_v7: host-side
 // queries; cudnnFind* would run and time every candidate, which synchronises and cannot
@@ -43,13 +43,18 @@ namespace {
 constexpr int kUnset = -1;
 std::atomic<int> g_engine{kUnset};
 
+constexpr const char* kEngineNames = "(expected auto, native or cudnn)";
+constexpr const char* kNoCudnn =
+    "this build of tnas::cuda has no cuDNN (configure with -DTNAS_CUDNN=ON where cuDNN 9 is "
+    "installed)";
+
 std::optional<ConvEngine> engine_named(std::string_view name) {
-  if (name == "auto") return ConvEngine::automatic;
-  if (name == "native") return ConvEngine::native;
-  if (name == "cudnn") return ConvEngine::cudnn;
+  for (ConvEngine e : {ConvEngine::automatic, ConvEngine::native, ConvEngine::cudnn})
+    if (name == to_string(e)) return e;
   return std::nullopt;
 }
 
+#ifdef TNAS_HAVE_CUDNN
 std::string shape_str(const ConvShape& p) {
   return "x [" + std::to_string(p.N) + ", " + std::to_string(p.C) + ", " + std::to_string(p.H) +
          ", " + std::to_string(p.W) + "], w [" + std::to_string(p.K) + ", " +
@@ -59,11 +64,14 @@ std::string shape_str(const ConvShape& p) {
          std::to_string(p.groups);
 }
 
-#ifdef TNAS_HAVE_CUDNN
 constexpr size_t kMaxWorkspace = size_t(256) << 20;
+constexpr float kOne = 1.f, kZero = 0.f;  // alpha and beta: outputs overwritten
 
-struct Plan {
-  bool ok = false;
+}  // namespace
+
+// Declared in common.cuh: cuDNN's setup for one convolution shape, made once and kept.
+struct CudnnPlan {
+  cudnnHandle_t h = nullptr;
   cudnnTensorDescriptor_t xd = nullptr, yd = nullptr;
   cudnnFilterDescriptor_t wd = nullptr;
   cudnnConvolutionDescriptor_t cd = nullptr;
@@ -72,10 +80,10 @@ struct Plan {
   cudnnConvolutionBwdFilterAlgo_t bwd_filter{};
   size_t ws_fwd = 0, ws_data = 0, ws_filter = 0;
 
-  Plan() = default;
-  Plan(const Plan&) = delete;
-  Plan& operator=(const Plan&) = delete;
-  ~Plan() {
+  CudnnPlan() = default;
+  CudnnPlan(const CudnnPlan&) = delete;
+  CudnnPlan& operator=(const CudnnPlan&) = delete;
+  ~CudnnPlan() {
     if (cd) (void)cudnnDestroyConvolutionDescriptor(cd);
     if (wd) (void)cudnnDestroyFilterDescriptor(wd);
     if (yd) (void)cudnnDestroyTensorDescriptor(yd);
@@ -83,11 +91,14 @@ struct Plan {
   }
 };
 
+namespace {
+
 std::mutex g_mu;                   // guards the handle, its failure and g_plans
 cudnnHandle_t g_handle = nullptr;  // never destroyed, as the cuBLAS handle
 std::string g_init_error;          // why the handle could not be made (not retried)
 // Plans live for the program (a search sees a few dozen shapes); their addresses are stable.
-std::map<std::array<int64_t, 11>, std::unique_ptr<Plan>> g_plans;
+// A null plan: cuDNN cannot take the shape (tnas's kernels run it).
+std::map<std::array<int64_t, 11>, std::unique_ptr<CudnnPlan>> g_plans;
 
 // The handle, made on first use. A cuDNN that cannot start (a library missing at run time, a
 // driver it does not support) fails the same way on every later call, without retrying.
@@ -129,11 +140,6 @@ bool usable_locked() {
   }
   return false;
 }
-cudnnHandle_t handle() {
-  std::lock_guard<std::mutex> lock(g_mu);
-  return handle_locked();
-}
-
 // Shapes cuDNN's 4-d int descriptors can describe; others stay on tnas's kernels.
 bool describable(const ConvShape& p) {
   const int64_t lim = int64_t(1) << 31;
@@ -154,10 +160,11 @@ const Perf* pick(const Perf* perf, int n) {
   return nullptr;
 }
 
-std::unique_ptr<Plan> make_plan(const ConvShape& p) {
-  auto pl = std::make_unique<Plan>();
-  if (!describable(p)) return pl;
-  const cudnnHandle_t h = handle_locked();
+// The plan for p, or null where cuDNN cannot take it. Under g_mu.
+std::unique_ptr<CudnnPlan> make_plan(const ConvShape& p) {
+  if (!describable(p)) return nullptr;
+  auto pl = std::make_unique<CudnnPlan>();
+  const cudnnHandle_t h = pl->h = handle_locked();
   TNAS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&pl->xd));
   TNAS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&pl->yd));
   TNAS_CUDNN_CHECK(cudnnCreateFilterDescriptor(&pl->wd));
@@ -194,7 +201,7 @@ std::unique_ptr<Plan> make_plan(const ConvShape& p) {
   TNAS_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
       h, pl->xd, pl->yd, pl->cd, pl->wd, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &found, wp));
   const auto* w = pick(wp, found);
-  if (!f || !d || !w) return pl;  // one direction without an acceptable algorithm: not ok
+  if (!f || !d || !w) return nullptr;  // a direction without an acceptable algorithm
 
   pl->fwd = f->algo;
   pl->bwd_data = d->algo;
@@ -206,24 +213,6 @@ std::unique_ptr<Plan> make_plan(const ConvShape& p) {
                                                                 pl->bwd_data, &pl->ws_data));
   TNAS_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, pl->xd, pl->yd, pl->cd, pl->wd,
                                                                   pl->bwd_filter, &pl->ws_filter));
-  pl->ok = true;
-  return pl;
-}
-
-const Plan& plan(const ConvShape& p) {
-  const std::array<int64_t, 11> key{p.N, p.C,      p.H,   p.W,   p.K,     p.R,
-                                    p.S, p.stride, p.pad, p.dil, p.groups};
-  std::lock_guard<std::mutex> lock(g_mu);
-  auto it = g_plans.find(key);
-  if (it == g_plans.end()) it = g_plans.emplace(key, make_plan(p)).first;  // nothing on a throw
-  return *it->second;
-}
-
-const Plan& ok_plan(const ConvShape& p, const char* what) {
-  const Plan& pl = plan(p);
-  TNAS_CHECK(pl.ok, what, " (cudnn): cuDNN has no deterministic FMA algorithm within ",
-             kMaxWorkspace >> 20, " MiB of workspace for ", shape_str(p),
-             " (conv_uses_cudnn() should have kept it on tnas's kernels)");
   return pl;
 }
 
@@ -249,19 +238,21 @@ class Workspace {
 
 }  // namespace
 
-bool conv_uses_cudnn(const ConvShape& p, bool native_kernel_for_shape) {
+const CudnnPlan* cudnn_plan(const ConvShape& p, bool native_kernel_for_shape) {
   const ConvEngine e = conv_engine();
   if (e == ConvEngine::native || (e == ConvEngine::automatic && native_kernel_for_shape))
-    return false;
+    return nullptr;
 #ifdef TNAS_HAVE_CUDNN
-  if (e == ConvEngine::automatic) {
-    std::lock_guard<std::mutex> lock(g_mu);
-    if (!usable_locked()) return false;
-  }
-  return plan(p).ok;
+  const std::array<int64_t, 11> key{p.N, p.C,      p.H,   p.W,   p.K,     p.R,
+                                    p.S, p.stride, p.pad, p.dil, p.groups};
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (e == ConvEngine::automatic && !usable_locked()) return nullptr;
+  auto it = g_plans.find(key);
+  if (it == g_plans.end()) it = g_plans.emplace(key, make_plan(p)).first;  // nothing on a throw
+  return it->second.get();
 #else
   (void)p;
-  return false;
+  return nullptr;
 #endif
 }
 
@@ -278,47 +269,37 @@ void cudnn_prepare() {
 }
 
 #ifdef TNAS_HAVE_CUDNN
-void cudnn_conv2d_forward(const ConvShape& p, const float* x, const float* w, float* y) {
-  const Plan& pl = ok_plan(p, "conv2d forward");
+void cudnn_conv2d_forward(const CudnnPlan& pl, const float* x, const float* w, float* y) {
   const Workspace ws(pl.ws_fwd);
-  const float one = 1.f, zero = 0.f;
-  TNAS_CUDNN_CHECK(cudnnConvolutionForward(handle(), &one, pl.xd, x, pl.wd, w, pl.cd, pl.fwd,
-                                           ws.get(), ws.bytes(), &zero, pl.yd, y));
+  TNAS_CUDNN_CHECK(cudnnConvolutionForward(pl.h, &kOne, pl.xd, x, pl.wd, w, pl.cd, pl.fwd, ws.get(),
+                                           ws.bytes(), &kZero, pl.yd, y));
 }
-void cudnn_conv2d_backward_input(const ConvShape& p, const float* gy, const float* w, float* gx) {
-  const Plan& pl = ok_plan(p, "conv2d backward-input");
+void cudnn_conv2d_backward_input(const CudnnPlan& pl, const float* gy, const float* w, float* gx) {
   const Workspace ws(pl.ws_data);
-  const float one = 1.f, zero = 0.f;
-  TNAS_CUDNN_CHECK(cudnnConvolutionBackwardData(handle(), &one, pl.wd, w, pl.yd, gy, pl.cd,
-                                                pl.bwd_data, ws.get(), ws.bytes(), &zero, pl.xd,
+  TNAS_CUDNN_CHECK(cudnnConvolutionBackwardData(pl.h, &kOne, pl.wd, w, pl.yd, gy, pl.cd,
+                                                pl.bwd_data, ws.get(), ws.bytes(), &kZero, pl.xd,
                                                 gx));
 }
-void cudnn_conv2d_backward_weight(const ConvShape& p, const float* x, const float* gy, float* gw) {
-  const Plan& pl = ok_plan(p, "conv2d backward-weight");
+void cudnn_conv2d_backward_weight(const CudnnPlan& pl, const float* x, const float* gy, float* gw) {
   const Workspace ws(pl.ws_filter);
-  const float one = 1.f, zero = 0.f;
-  TNAS_CUDNN_CHECK(cudnnConvolutionBackwardFilter(handle(), &one, pl.xd, x, pl.yd, gy, pl.cd,
-                                                  pl.bwd_filter, ws.get(), ws.bytes(), &zero, pl.wd,
-                                                  gw));
+  TNAS_CUDNN_CHECK(cudnnConvolutionBackwardFilter(pl.h, &kOne, pl.xd, x, pl.yd, gy, pl.cd,
+                                                  pl.bwd_filter, ws.get(), ws.bytes(), &kZero,
+                                                  pl.wd, gw));
 }
 #else
-void cudnn_conv2d_forward(const ConvShape& p, const float*, const float*, float*) {
-  TNAS_CHECK(false, "conv2d forward (cudnn): this build has no cuDNN, for ", shape_str(p));
-}
-void cudnn_conv2d_backward_input(const ConvShape& p, const float*, const float*, float*) {
-  TNAS_CHECK(false, "conv2d backward-input (cudnn): this build has no cuDNN, for ", shape_str(p));
-}
-void cudnn_conv2d_backward_weight(const ConvShape& p, const float*, const float*, float*) {
-  TNAS_CHECK(false, "conv2d backward-weight (cudnn): this build has no cuDNN, for ", shape_str(p));
-}
+// Without cuDNN, cudnn_plan() returns no plan, so none of these can be reached.
+struct CudnnPlan {};
+void cudnn_conv2d_forward(const CudnnPlan&, const float*, const float*, float*) {}
+void cudnn_conv2d_backward_input(const CudnnPlan&, const float*, const float*, float*) {}
+void cudnn_conv2d_backward_weight(const CudnnPlan&, const float*, const float*, float*) {}
 #endif
 
 }  // namespace detail
 
 ConvEngine parse_conv_engine(std::string_view name) {
   const std::optional<ConvEngine> e = detail::engine_named(name);
-  TNAS_CHECK(e.has_value(), "unknown convolution engine '", std::string(name),
-             "' (expected auto, native or cudnn)");
+  TNAS_CHECK(e.has_value(), "unknown convolution engine '", std::string(name), "' ",
+             detail::kEngineNames);
   return *e;
 }
 
@@ -349,12 +330,11 @@ ConvEngine conv_engine() {
   if (const char* v = std::getenv("TNAS_CUDA_CONV"); v && *v) {
     const std::optional<ConvEngine> named = detail::engine_named(v);
     TNAS_CHECK(named.has_value(),
-               "environment variable TNAS_CUDA_CONV: unknown convolution engine '", v,
-               "' (expected auto, native or cudnn)");
+               "environment variable TNAS_CUDA_CONV: unknown convolution engine '", v, "' ",
+               detail::kEngineNames);
     from_env = *named;
     TNAS_CHECK(from_env != ConvEngine::cudnn || has_cudnn(),
-               "environment variable TNAS_CUDA_CONV=cudnn: this build of tnas::cuda has no cuDNN "
-               "(configure with -DTNAS_CUDNN=ON where cuDNN 9 is installed)");
+               "environment variable TNAS_CUDA_CONV=cudnn: ", detail::kNoCudnn);
   }
   // The first caller decides; a concurrent set_conv_engine() wins over the environment.
   detail::g_engine.compare_exchange_strong(e, int(from_env));
@@ -364,9 +344,7 @@ ConvEngine conv_engine() {
 void set_conv_engine(ConvEngine e) {
   TNAS_CHECK(e == ConvEngine::automatic || e == ConvEngine::native || e == ConvEngine::cudnn,
              "set_conv_engine: not a ConvEngine (", int(e), ")");
-  TNAS_CHECK(e != ConvEngine::cudnn || has_cudnn(),
-             "set_conv_engine(cudnn): this build of tnas::cuda has no cuDNN (configure with "
-             "-DTNAS_CUDNN=ON where cuDNN 9 is installed)");
+  TNAS_CHECK(e != ConvEngine::cudnn || has_cudnn(), "set_conv_engine(cudnn): ", detail::kNoCudnn);
   detail::g_engine.store(int(e));
 }
 

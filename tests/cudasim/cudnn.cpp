@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "include/cudnn.h"
@@ -105,12 +106,10 @@ std::vector<Algo> menu(int dir, const Geometry& g, cudnnMathType_t math) {
   }
   return v;
 }
-const Algo* find_algo(int dir, const Geometry& g, cudnnMathType_t math, int id) {
-  static thread_local std::vector<Algo> v;
-  v = menu(dir, g, math);
-  for (const Algo& a : v)
-    if (a.id == id && a.status == CUDNN_STATUS_SUCCESS) return &a;
-  return nullptr;
+std::optional<Algo> find_algo(int dir, const Geometry& g, cudnnMathType_t math, int id) {
+  for (const Algo& a : menu(dir, g, math))
+    if (a.id == id && a.status == CUDNN_STATUS_SUCCESS) return a;
+  return std::nullopt;
 }
 
 template <class Perf, class Id>
@@ -135,9 +134,10 @@ cudnnStatus_t heuristics(cudnnHandle_t h, int dir, const Geometry& g, cudnnMathT
   return CUDNN_STATUS_SUCCESS;
 }
 
-cudnnStatus_t workspace_size(int dir, const Geometry& g, cudnnMathType_t math, int id,
-                             size_t* bytes) {
-  const Algo* a = find_algo(dir, g, math, id);
+cudnnStatus_t workspace_size(cudnnHandle_t h, int dir, const Geometry& g, cudnnMathType_t math,
+                             int id, size_t* bytes) {
+  if (!h) return CUDNN_STATUS_NOT_INITIALIZED;
+  const std::optional<Algo> a = find_algo(dir, g, math, id);
   if (!a) return CUDNN_STATUS_NOT_SUPPORTED;
   *bytes = a->ws;
   return CUDNN_STATUS_SUCCESS;
@@ -159,8 +159,7 @@ struct Job {
   const float* a;  // x (0, 2) or dy (1)
   const float* b;  // w (0, 1) or dy (2)
   float* out;
-  void* ws;
-  size_t ws_bytes;
+  void* ws;  // algo.ws bytes
   Algo algo;
   unsigned order;  // call number, for the non-deterministic algorithms' summation order
 };
@@ -183,7 +182,7 @@ float reduce(const Job& j, int taps, F&& term) {
 void run_job(void* state) {
   const Job& j = *static_cast<Job*>(state);
   const Geometry& g = j.g;
-  if (j.ws_bytes) std::memset(j.ws, 0xff, j.ws_bytes);
+  if (j.algo.ws) std::memset(j.ws, 0xff, j.algo.ws);
   const bool t32 = j.algo.math == CUDNN_TENSOR_OP_MATH;
   const auto rd = [&](const float* p, size_t i) { return double(t32 ? tf32(p[i]) : p[i]); };
   const auto store = [&](size_t i, float v) {
@@ -253,7 +252,7 @@ cudnnStatus_t submit(cudnnHandle_t h, int dir, const Geometry& g, cudnnMathType_
                      size_t ws_bytes) {
   if (!h) return CUDNN_STATUS_NOT_INITIALIZED;
   if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM;
-  const Algo* al = find_algo(dir, g, math, algo);
+  const std::optional<Algo> al = find_algo(dir, g, math, algo);
   if (!al) return CUDNN_STATUS_NOT_SUPPORTED;
   if (ws_bytes < al->ws || (al->ws && !cudasim::is_device(ws, al->ws)))
     cudasim::fail("cudnn: algorithm " + std::to_string(algo) + " needs a device workspace of " +
@@ -270,7 +269,6 @@ cudnnStatus_t submit(cudnnHandle_t h, int dir, const Geometry& g, cudnnMathType_
                     static_cast<const float*>(b),
                     static_cast<float*>(out),
                     ws,
-                    al->ws,
                     *al,
                     g_calls++};
   cudasim::enqueue(h->stream, run_job, j, [](void* p) { delete static_cast<Job*>(p); });
@@ -427,27 +425,24 @@ cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(
     const cudnnConvolutionDescriptor_t cd, const cudnnTensorDescriptor_t yd,
     cudnnConvolutionFwdAlgo_t algo, size_t* bytes) {
   Geometry g{};
-  if (!h) return CUDNN_STATUS_NOT_INITIALIZED;
   if (const cudnnStatus_t s = geometry(xd, wd, cd, yd, &g); s != CUDNN_STATUS_SUCCESS) return s;
-  return workspace_size(0, g, cd->math, algo, bytes);
+  return workspace_size(h, 0, g, cd->math, algo, bytes);
 }
 cudnnStatus_t cudnnGetConvolutionBackwardDataWorkspaceSize(
     cudnnHandle_t h, const cudnnFilterDescriptor_t wd, const cudnnTensorDescriptor_t dyd,
     const cudnnConvolutionDescriptor_t cd, const cudnnTensorDescriptor_t dxd,
     cudnnConvolutionBwdDataAlgo_t algo, size_t* bytes) {
   Geometry g{};
-  if (!h) return CUDNN_STATUS_NOT_INITIALIZED;
   if (const cudnnStatus_t s = geometry(dxd, wd, cd, dyd, &g); s != CUDNN_STATUS_SUCCESS) return s;
-  return workspace_size(1, g, cd->math, algo, bytes);
+  return workspace_size(h, 1, g, cd->math, algo, bytes);
 }
 cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(
     cudnnHandle_t h, const cudnnTensorDescriptor_t xd, const cudnnTensorDescriptor_t dyd,
     const cudnnConvolutionDescriptor_t cd, const cudnnFilterDescriptor_t dwd,
     cudnnConvolutionBwdFilterAlgo_t algo, size_t* bytes) {
   Geometry g{};
-  if (!h) return CUDNN_STATUS_NOT_INITIALIZED;
   if (const cudnnStatus_t s = geometry(xd, dwd, cd, dyd, &g); s != CUDNN_STATUS_SUCCESS) return s;
-  return workspace_size(2, g, cd->math, algo, bytes);
+  return workspace_size(h, 2, g, cd->math, algo, bytes);
 }
 
 cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void* alpha,
