@@ -19,9 +19,7 @@
 
 #include <omp.h>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "tnas/backend/cpu/simd.hpp"
 
 #include <algorithm>
 #include <cmath>

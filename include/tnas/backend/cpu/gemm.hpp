@@ -4,18 +4,7 @@
 
 #include <cstdint>
 
-// GCC 12 reports false -Wmaybe-uninitialized positives from its own AVX-512 intrinsics
-// (_mm256_undefined_pd) inlined into Eigen's GEMM packing; the diagnostic state is looked up at
-// the intrinsic's location, so it has to be off where the intrinsics headers are first read.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <Eigen/Core>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-
+#include "tnas/backend/cpu/simd.hpp"
 #include "tnas/core/error.hpp"
 
 namespace tnas::cpu {

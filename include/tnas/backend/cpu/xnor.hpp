@@ -32,9 +32,7 @@
 #include <utility>
 #include <vector>
 
-#if defined(__AVX2__) || defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "tnas/backend/cpu/simd.hpp"
 
 #include "tnas/core/error.hpp"
 
