@@ -255,7 +255,9 @@ void shfl_op(const unsigned char (*in)[kSlot], unsigned char (*out)[kSlot], unsi
 // lane + o < lanes (lane 0 gets the total of lanes [0, lanes)).
 template <class T, bool DOWN>
 void warp_reduce_op(const unsigned char (*in)[kSlot], unsigned char (*out)[kSlot], unsigned mask) {
-  T v[32];
+  // Zero-filled: only the lanes in mask are read, but GCC 12 cannot see that through the
+  // vectorised loops below and warns (-Wmaybe-uninitialized).
+  T v[32] = {};
   int lanes = 32;
   for (int l = 0; l < 32; ++l)
     if (mask >> l & 1) {
@@ -263,7 +265,7 @@ void warp_reduce_op(const unsigned char (*in)[kSlot], unsigned char (*out)[kSlot
       if (DOWN) std::memcpy(&lanes, in[l] + sizeof(T), sizeof lanes);
     }
   for (int o = 16; o > 0; o >>= 1) {
-    T u[32];
+    T u[32] = {};
     for (int l = 0; l < 32; ++l) {
       if (!(mask >> l & 1)) continue;
       const int src = DOWN ? l + o : l ^ o;
