@@ -1,5 +1,5 @@
 // 2-D max / average pooling on raw NCHW buffers. Direct loops over each (n, c) plane, built on
-// the same padded polyphase window machinery as the depthwise convolution (conv.hpp): the
+// the same padded polyphase window machinery as the depthwise convolution (window.hpp): the
 // inner loop over the output width is contiguous and branch-free for every stride.
 // Every kernel overwrites its output; none reads it first.
 #pragma once
@@ -8,7 +8,7 @@
 #include <limits>
 #include <vector>
 
-#include "tnas/backend/cpu/conv.hpp"
+#include "tnas/backend/cpu/window.hpp"
 #include "tnas/core/error.hpp"
 
 namespace tnas::cpu {
