@@ -5,7 +5,6 @@
 // where: the op or file involved, the values seen and the values expected.
 #pragma once
 
-#include <source_location>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -26,22 +25,24 @@ std::string cat(Args&&... args) {
   return os.str();
 }
 
-[[noreturn]] inline void fail(const std::string& msg, const std::source_location& loc) {
-  std::string file = loc.file_name();
+// The location is passed as __FILE__ / __LINE__ from the macros below rather than as a
+// std::source_location: the same information, and it also builds with Clang before 16 on
+// libstdc++, whose <source_location> needs a builtin those Clangs lack (Debian 12's clang++ is 14).
+[[noreturn]] inline void fail(const std::string& msg, const char* file_name, int line) {
+  std::string file = file_name;
   auto slash = file.rfind("include/tnas/");
   if (slash != std::string::npos) file = file.substr(slash + 8);
-  throw Error(msg + " [" + file + ":" + std::to_string(loc.line()) + "]");
+  throw Error(msg + " [" + file + ":" + std::to_string(line) + "]");
 }
 }  // namespace detail
 
 // TNAS_CHECK(cond, parts...): throws tnas::Error built from `parts` when `cond` is false.
-#define TNAS_CHECK(cond, ...)                                                                  \
-  do {                                                                                         \
-    if (!(cond)) [[unlikely]]                                                                  \
-      ::tnas::detail::fail(::tnas::detail::cat(__VA_ARGS__), std::source_location::current()); \
+#define TNAS_CHECK(cond, ...)                                                     \
+  do {                                                                            \
+    if (!(cond)) [[unlikely]]                                                     \
+      ::tnas::detail::fail(::tnas::detail::cat(__VA_ARGS__), __FILE__, __LINE__); \
   } while (0)
 
-#define TNAS_FAIL(...) \
-  ::tnas::detail::fail(::tnas::detail::cat(__VA_ARGS__), std::source_location::current())
+#define TNAS_FAIL(...) ::tnas::detail::fail(::tnas::detail::cat(__VA_ARGS__), __FILE__, __LINE__)
 
 }  // namespace tnas

@@ -77,12 +77,12 @@ struct op_set {
   }
 
   // DARTS keeps `none` in the mixture but never derives it; derivation needs to know where it is.
-  static constexpr bool has_none = contains<op::none>;
-  static constexpr int none_index = index_of_op<op::none>;
+  static constexpr bool has_none = contains<::tnas::op::none>;
+  static constexpr int none_index = index_of_op<::tnas::op::none>;
   // The number of ops a derived (DARTS) genotype may put on an edge: all but `none`.
   static constexpr int derivable = size - (has_none ? 1 : 0);
   // A binary space's op set (BATS): it holds a binary operator.
-  static constexpr bool binary = (op::is_binary<Ops> || ...);
+  static constexpr bool binary = (::tnas::op::is_binary<Ops> || ...);
 
   static constexpr std::string_view name(int i) {
     check_index(i, "name");
