@@ -94,13 +94,16 @@ TEST_CASE("xnor_conv2d: zeros count as +1, like sign_ste") {
 
 TEST_CASE("xnor_matmul equals sign(a) sign(b)^T exactly, odd sizes") {
   Rng rng(3);
-  for (auto [M, N, K] : {std::tuple{1, 1, 1},
-                         {5, 3, 64},
-                         {7, 9, 65},
-                         {13, 17, 130},
-                         {3, 30, 200},
-                         {40, 7, 70},
-                         {70, 33, 129}}) {
+  // Plain variables, not a structured binding: INFO captures them in a lambda, which Clang
+  // before 16 does not allow for bindings.
+  for (const auto& mnk : {std::tuple{1, 1, 1},
+                          {5, 3, 64},
+                          {7, 9, 65},
+                          {13, 17, 130},
+                          {3, 30, 200},
+                          {40, 7, 70},
+                          {70, 33, 129}}) {
+    const int M = std::get<0>(mnk), N = std::get<1>(mnk), K = std::get<2>(mnk);
     INFO(M, "x", N, "x", K);
     Tensor a = Tensor::randn({M, K}, rng, 1.0, DType::f32);
     Tensor b = Tensor::randn({N, K}, rng, 1.0, DType::f32);

@@ -546,7 +546,10 @@ TEST_CASE_TEMPLATE("cpu::conv2d: depthwise same-size small planes", T, float, do
 // Masked-off lanes are never read or accumulated: an infinity in one input element reaches
 // exactly the outputs whose window covers it (not, say, the next row's first column).
 TEST_CASE("cpu::conv2d: depthwise small planes keep non-finite inputs in their windows") {
-  for (const auto& [H, W] : {std::pair<int64_t, int64_t>{8, 8}, {7, 7}}) {
+  // Plain variables, not structured bindings: CHECK_MESSAGE captures them in a lambda, which
+  // Clang before 16 does not allow for bindings.
+  for (const auto& hw : {std::pair<int64_t, int64_t>{8, 8}, {7, 7}}) {
+    const int64_t H = hw.first, W = hw.second;
     for (int64_t k : {3, 5}) {
       for (int64_t d : {1, 2}) {
         Conv2dParams p{.N = 2,
@@ -562,7 +565,8 @@ TEST_CASE("cpu::conv2d: depthwise small planes keep non-finite inputs in their w
                        .dil_w = d,
                        .groups = 2};
         const int64_t HW = H * W, n = p.N * p.C * HW;
-        for (const auto& [ih, iw] : {std::pair<int64_t, int64_t>{2, W - 1}, {3, 0}, {0, 0}}) {
+        for (const auto& pos : {std::pair<int64_t, int64_t>{2, W - 1}, {3, 0}, {0, 0}}) {
+          const int64_t ih = pos.first, iw = pos.second;
           std::vector<float> x(static_cast<size_t>(n), 1.0f),
               w(static_cast<size_t>(2 * k * k), 1.0f);
           const int64_t at = 1 * p.C * HW + 1 * HW + ih * W + iw;  // image 1, channel 1

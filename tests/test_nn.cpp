@@ -300,7 +300,10 @@ TEST_CASE("DARTS blocks: parameter names and counts match operations.py") {
 TEST_CASE("FactorizedReduce on odd sizes equals the reference on the zero-padded input") {
   // NAS-Bench-201 pads x with a zero row and column before the shifted branch; on an odd input
   // that is the same as padding x to even size first, which the DARTS reference handles.
-  for (auto [H, W] : {std::pair<int64_t, int64_t>{7, 7}, {5, 6}, {6, 5}}) {
+  // Plain variables, not a structured binding: INFO captures them in a lambda, which Clang
+  // before 16 does not allow for bindings.
+  for (const auto& hw : {std::pair<int64_t, int64_t>{7, 7}, {5, 6}, {6, 5}}) {
+    const int64_t H = hw.first, W = hw.second;
     INFO(H << "x" << W);
     Rng r1(8), r2(8);
     nn::FactorizedReduce a(3, 6, true, r1), b(3, 6, true, r2);

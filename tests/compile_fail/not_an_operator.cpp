@@ -1,5 +1,6 @@
-// expect-error: template constraint failure for .*Operator<Ops>
-// op_set's parameters must satisfy the op::Operator concept; the diagnostic names it.
+// expect-error: (template constraint failure for .*Operator<Ops>|'NotAnOp' does not satisfy 'Operator')
+// op_set's parameters must satisfy the op::Operator concept; the diagnostic names it (GCC and
+// Clang word it differently).
 #include "tnas/space/op_set.hpp"
 
 struct NotAnOp {};
