@@ -66,7 +66,14 @@ Tensor unary_map(const char* op, backend::UnaryOp uop, double s, const Tensor& x
     const T* px = x.data<T>();
     T* o = out.data<T>();
     const int64_t n = x.numel();
+    // GCC vectorises the map only when asked (`simd`). Clang vectorises the simple ones (relu,
+    // abs) by itself, and where asked for one it cannot vectorise (a libm call: exp, tanh, log)
+    // it warns that it could not (-Wpass-failed), in the user's build.
+#if defined(__clang__)
+#pragma omp parallel for if (n > 65536)
+#else
 #pragma omp parallel for simd if (n > 65536)
+#endif
     for (int64_t i = 0; i < n; ++i) o[i] = f(px[i]);
   });
   return out;
