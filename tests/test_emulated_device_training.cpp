@@ -526,12 +526,20 @@ TEST_CASE("emulated device: retraining with train::fit on the device follows the
     for (size_t e = 0; e < rc.history.size(); ++e)
       CHECK(rd.history[e].train_loss == doctest::Approx(rc.history[e].train_loss).epsilon(1e-4));
     CHECK(rd.eval_acc == rc.eval_acc);
+    // The two forwards differ at the rounding level (4.8e-7 in the logits of the first step,
+    // with GCC 12 and Clang 14 alike: the device path sums in its own order). SGD carries that
+    // through as it is. Adam divides each gradient element by its own running magnitude, so an
+    // element whose gradient is at the noise level moves by up to lr per step either way: 6
+    // steps at lr 2e-3 can leave 1.2e-2 between the runs (Clang 14 showed 6.4e-3 on a weight of
+    // 2.0). The Adam update itself is compared to 1e-5 in "Adam steps on device parameters equal
+    // the CPU steps"; here the losses (1e-4) and the accuracy say that fit follows the CPU run.
+    const double tol = opt == train::FitOptimizer::adam ? 1e-2 : 1e-3;
     const auto sc = nc.state_dict(), sd = nd.state_dict();
     REQUIRE(sc.size() == sd.size());
     for (size_t i = 0; i < sc.size(); ++i) {
       INFO(sc[i].first);
       CHECK(sd[i].second.device() == Device::cuda);
-      CHECK(matches(sc[i].second, sd[i].second, 1e-3));
+      CHECK(matches(sc[i].second, sd[i].second, tol));
     }
   }
 }
