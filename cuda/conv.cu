@@ -118,8 +118,8 @@ __device__ __forceinline__ void store_outputs(float* y, int ow, int Q, const flo
 // ([[maybe_unused]]: the host-side simulator's __launch_bounds__ drops its arguments.)
 template <int R, int S, bool MASK>
 [[maybe_unused]] constexpr int kMinBlocks = R* S <= 9 ? 1
-                           : MASK    ? 5
-                                     : 6;
+                                            : MASK    ? 5
+                                                      : 6;
 
 // y[plane] = depthwise correlation of x[plane] (H x W) with w[plane % C] (R x S), output
 // P x Q, stride ST, dilation D, padding `pad` (any sign). FLIP: use w rotated by 180 degrees

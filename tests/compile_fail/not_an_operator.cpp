@@ -1,4 +1,4 @@
-// expect-error: (template constraint failure for .*Operator<Ops>|'NotAnOp' does not satisfy 'Operator')
+// expect-error: (constraint failure for .*Operator<Ops>|does not satisfy 'Operator')
 // op_set's parameters must satisfy the op::Operator concept; the diagnostic names it (GCC and
 // Clang word it differently).
 #include "tnas/space/op_set.hpp"
