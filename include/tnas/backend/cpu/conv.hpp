@@ -24,7 +24,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 #include <vector>
 
 #include "tnas/backend/cpu/conv_params.hpp"
@@ -111,9 +110,7 @@ void dw_backward_input(const Conv2dParams& p, const T* gy, const T* w, T* gx) {
     const S1Plan s1 =
         make_s1_plan<T>(win.P, win.Q, p.R, p.S, p.dil_h, p.dil_w, (p.R - 1) * p.dil_h - p.pad_h,
                         (p.S - 1) * p.dil_w - p.pad_w, p.H, p.W);
-    std::vector<T> wf(static_cast<size_t>(p.C * RS));
-    for (int64_t c = 0; c < p.C; ++c)
-      for (int64_t t = 0; t < RS; ++t) wf[static_cast<size_t>(c * RS + t)] = w[c * RS + RS - 1 - t];
+    const std::vector<T> wf = flipped_kernels(p.C, RS, w);
 #pragma omp parallel if (p.N * p.C > 1)
     {
       T* buf = scratch<T, 1>(s1.g.elems());

@@ -318,6 +318,19 @@ inline bool flat_supported(const Conv2dParams& p) {
          (p.R == 3 || p.R == 5) &&
          ((p.H == 8 && p.W == 8) || (p.H * p.W <= kFlatMaxPlane && p.W % 8 != 0));
 }
+
+// One depthwise pass: tiny.template operator()<G>() where a tiny geometry fits, else
+// flat.template operator()<taps>(plan) with the flat plan for padding (ph, pw).
+template <class Tiny, class Flat>
+void flat_run(const Conv2dParams& p, int64_t ph, int64_t pw, Tiny&& tiny, Flat&& flat) {
+  if (tiny_dispatch(p, tiny)) return;
+  const FlatPlan f = make_flat_plan(p.H, p.W, p.R, p.S, p.dil_h, p.dil_w, ph, pw);
+  if (p.R == 3) {
+    flat.template operator()<9>(f);
+  } else {
+    flat.template operator()<25>(f);
+  }
+}
 #endif
 
 // The depthwise passes on the flat engine; false (nothing done) where it does not apply.
@@ -326,13 +339,9 @@ bool flat_dw_forward(const Conv2dParams& p, const T* x, const T* w, T* y) {
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (!flat_supported(p)) return false;
-    if (tiny_dispatch(p, [&]<class G>() { tiny_fwd<G>(p.N, p.C, x, w, y); })) return true;
-    const FlatPlan f = make_flat_plan(p.H, p.W, p.R, p.S, p.dil_h, p.dil_w, p.pad_h, p.pad_w);
-    if (p.R == 3) {
-      flat_fwd<9>(f, p.N, p.C, x, w, y);
-    } else {
-      flat_fwd<25>(f, p.N, p.C, x, w, y);
-    }
+    flat_run(
+        p, p.pad_h, p.pad_w, [&]<class G>() { tiny_fwd<G>(p.N, p.C, x, w, y); },
+        [&]<int NT>(const FlatPlan& f) { flat_fwd<NT>(f, p.N, p.C, x, w, y); });
     return true;
   }
 #endif
@@ -346,20 +355,13 @@ bool flat_dw_backward_input(const Conv2dParams& p, const T* gy, const T* w, T* g
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (!flat_supported(p)) return false;
-    const int64_t RS = p.R * p.S;
-    std::vector<float> wf(static_cast<size_t>(p.C * RS));
-    for (int64_t c = 0; c < p.C; ++c)
-      for (int64_t t = 0; t < RS; ++t) wf[static_cast<size_t>(c * RS + t)] = w[c * RS + RS - 1 - t];
+    const std::vector<float> wf = flipped_kernels(p.C, p.R * p.S, w);
     // Same-size output: the padding (R-1)*dh - pad_h equals pad_h, so the tiny geometry is the
     // forward one.
-    if (tiny_dispatch(p, [&]<class G>() { tiny_fwd<G>(p.N, p.C, gy, wf.data(), gx); })) return true;
-    const FlatPlan f = make_flat_plan(p.H, p.W, p.R, p.S, p.dil_h, p.dil_w,
-                                      (p.R - 1) * p.dil_h - p.pad_h, (p.S - 1) * p.dil_w - p.pad_w);
-    if (p.R == 3) {
-      flat_fwd<9>(f, p.N, p.C, gy, wf.data(), gx);
-    } else {
-      flat_fwd<25>(f, p.N, p.C, gy, wf.data(), gx);
-    }
+    flat_run(
+        p, (p.R - 1) * p.dil_h - p.pad_h, (p.S - 1) * p.dil_w - p.pad_w,
+        [&]<class G>() { tiny_fwd<G>(p.N, p.C, gy, wf.data(), gx); },
+        [&]<int NT>(const FlatPlan& f) { flat_fwd<NT>(f, p.N, p.C, gy, wf.data(), gx); });
     return true;
   }
 #endif
@@ -372,13 +374,9 @@ bool flat_dw_backward_weight(const Conv2dParams& p, const T* x, const T* gy, T* 
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (!flat_supported(p)) return false;
-    if (tiny_dispatch(p, [&]<class G>() { tiny_bwd_weight<G>(p.N, p.C, x, gy, gw); })) return true;
-    const FlatPlan f = make_flat_plan(p.H, p.W, p.R, p.S, p.dil_h, p.dil_w, p.pad_h, p.pad_w);
-    if (p.R == 3) {
-      flat_bwd_weight<9>(f, p.N, p.C, x, gy, gw);
-    } else {
-      flat_bwd_weight<25>(f, p.N, p.C, x, gy, gw);
-    }
+    flat_run(
+        p, p.pad_h, p.pad_w, [&]<class G>() { tiny_bwd_weight<G>(p.N, p.C, x, gy, gw); },
+        [&]<int NT>(const FlatPlan& f) { flat_bwd_weight<NT>(f, p.N, p.C, x, gy, gw); });
     return true;
   }
 #endif

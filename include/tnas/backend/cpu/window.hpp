@@ -58,6 +58,16 @@ void parallel_for(int64_t n, F&& f) {
   for (int64_t i = 0; i < n; ++i) f(i);
 }
 
+// w [C, RS] with each channel's kernel rotated by 180 degrees (tap t <- tap RS-1-t): the
+// kernel of the correlation that gives a unit-stride convolution's input gradient.
+template <class T>
+std::vector<T> flipped_kernels(int64_t C, int64_t RS, const T* w) {
+  std::vector<T> wf(static_cast<size_t>(C * RS));
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t t = 0; t < RS; ++t) wf[static_cast<size_t>(c * RS + t)] = w[c * RS + RS - 1 - t];
+  return wf;
+}
+
 inline constexpr int64_t kSlack = 64;  // spare elements after every padded buffer
 
 // A sliding window over a [H, W] source plane: output [P, Q], kernel [R, S], strides,
