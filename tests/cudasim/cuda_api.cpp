@@ -49,6 +49,10 @@ cudaError_t record(cudaError_t e) {
   if (e != cudaSuccess) g_last = e;
   return e;
 }
+unsigned max_grid_yz() {
+  const char* e = std::getenv("CUDASIM_MAX_GRID_YZ");
+  return e && *e ? unsigned(std::strtoul(e, nullptr, 10)) : 65535u;
+}
 size_t smem_limit(const void* fn) {
   auto it = smem_optin().find(fn);
   return it == smem_optin().end() ? kDefaultSmem : size_t(it->second);
@@ -163,6 +167,10 @@ cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
       break;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin:
       *v = int(cudasim::kOptinSmem);
+      break;
+    case cudaDevAttrMaxGridDimY:
+    case cudaDevAttrMaxGridDimZ:
+      *v = int(cudasim::max_grid_yz());
       break;
     default:
       return record(cudaErrorInvalidValue);

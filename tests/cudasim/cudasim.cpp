@@ -109,6 +109,9 @@ struct Sched {
   std::vector<unsigned char> smem;  // dynamic shared memory of the running block
   size_t smem_bytes = 0;
   std::vector<std::pair<void*, size_t>> shared;  // static __shared__ arrays
+  unsigned launch_id = 0;                        // counts launches, for count_static_shared
+  size_t static_bytes = 0;                       // static __shared__ bytes the launch uses
+  Config cfg;                                    // the running launch's configuration
   bool reverse = false;
   bool in_kernel = false;
 };
@@ -262,6 +265,9 @@ void run_grid(const Config& c) {
   b.warps.resize(size_t((nt + 31) / 32));
   s.smem.assign(c.smem + 16, 0);
   s.smem_bytes = c.smem;
+  ++s.launch_id;
+  s.static_bytes = 0;
+  s.cfg = c;
   s.error = nullptr;
   s.in_kernel = true;
   struct Done {
@@ -341,7 +347,7 @@ void launch(const void* fn, const Config& c, const void* const* pointers, int np
   const uint64_t nt = uint64_t(c.block.x) * c.block.y * c.block.z;
   if (c.block.x == 0 || c.block.y == 0 || c.block.z == 0 || nt > uint64_t(kMaxThreads) ||
       c.block.z > 64 || c.grid.x == 0 || c.grid.y == 0 || c.grid.z == 0 || c.grid.x > 0x7fffffffu ||
-      c.grid.y > 65535 || c.grid.z > 65535) {
+      c.grid.y > max_grid_yz() || c.grid.z > max_grid_yz()) {
     if (std::getenv("CUDASIM_VERBOSE"))
       std::fprintf(stderr, "cudasim: invalid launch configuration: grid %ux%ux%u, block %ux%ux%u\n",
                    c.grid.x, c.grid.y, c.grid.z, c.block.x, c.block.y, c.block.z);
@@ -349,6 +355,8 @@ void launch(const void* fn, const Config& c, const void* const* pointers, int np
     return;
   }
   const size_t limit = smem_limit(fn);
+  Config cl = c;
+  cl.smem_attr = limit;
   if (c.smem > limit) {
     if (std::getenv("CUDASIM_VERBOSE"))
       std::fprintf(stderr, "cudasim: %zu bytes of dynamic shared memory, the function allows %zu\n",
@@ -366,7 +374,7 @@ void launch(const void* fn, const Config& c, const void* const* pointers, int np
     }
   CUstream_st& st = stream_of(c.stream);
   if (st.capturing) {
-    auto* cap = new Captured{&ops, ops.copy(state), c};
+    auto* cap = new Captured{&ops, ops.copy(state), cl};
     st.capture->ops.push_back({[](void* p) {
                                  auto* k = static_cast<Captured*>(p);
                                  run_launch(*k->ops, k->state, k->cfg);
@@ -379,7 +387,7 @@ void launch(const void* fn, const Config& c, const void* const* pointers, int np
                                }});
     return;
   }
-  run_launch(ops, state, c);
+  run_launch(ops, state, cl);
 }
 
 // ---- shared memory and synchronisation ---------------------------------------------------------
@@ -389,6 +397,24 @@ unsigned char* dynamic_shared_base() {
 void register_shared(void* p, size_t bytes) {
   S().shared.emplace_back(p, bytes);
   std::memset(p, 0xff, bytes);
+}
+void count_static_shared(unsigned& seen, size_t bytes) {
+  Sched& s = S();
+  if (!s.cur || seen == s.launch_id) return;
+  seen = s.launch_id;
+  s.static_bytes += bytes;
+  // A device counts static and dynamic shared memory together: within 48 KiB, or, once
+  // cudaFuncSetAttribute raised the dynamic limit, static plus that limit within the opt-in.
+  const Config& c = s.cfg;
+  const bool raised = c.smem_attr > kDefaultSmem;
+  if (raised ? s.static_bytes + c.smem_attr > kOptinSmem : s.static_bytes + c.smem > kDefaultSmem) {
+    std::ostringstream os;
+    os << "a launch with " << s.static_bytes << " bytes of static __shared__ arrays and " << c.smem
+       << " bytes of dynamic shared memory (limit " << c.smem_attr << ") needs more than the "
+       << (raised ? kOptinSmem : kDefaultSmem) << " bytes a block may have"
+       << (raised ? "" : " without opting in (cudaFuncSetAttribute)");
+    fail(os.str());
+  }
 }
 
 void syncthreads() {
@@ -481,6 +507,8 @@ void cp_async16(uint32_t smem_addr, const void* gmem, int src_bytes) {
   if (src_bytes < 0 || src_bytes > 16) fail("cp.async: src-size outside [0, 16]");
   if (src_bytes > 0 && !is_device(gmem, size_t(src_bytes)))
     fail("cp.async: the global source is not device memory");
+  if (reinterpret_cast<uintptr_t>(gmem) % 16)  // checked for src-size 0 too: it is an address
+    fail("cp.async: the global source is not 16-byte aligned");
   // The copy lands when a cp.async.wait_group lets it (or at thread exit), not now.
   s.cur->open.push_back({smem_at(smem_addr, 16, "cp.async"), gmem, src_bytes});
 }

@@ -72,6 +72,7 @@ struct Config {
   dim3 grid, block;
   size_t smem = 0;
   void* stream = nullptr;
+  size_t smem_attr = 0;  // set by launch(): the function's dynamic shared memory limit
 };
 template <class G, class B>
 Config config(G grid, B block, size_t smem = 0, void* stream = nullptr) {
@@ -151,12 +152,17 @@ T* dynamic_shared() {
   return reinterpret_cast<T*>(dynamic_shared_base());
 }
 // A static __shared__ array: one object per declaration, filled with NaN bytes at every block.
+// Its size counts, once per launch (`seen` holds the last launch that counted it), against
+// the shared memory the launch may use with its dynamic shared memory.
 void register_shared(void* p, size_t bytes);
+void count_static_shared(unsigned& seen, size_t bytes);
 template <class A, int Line>
 A& block_shared() {
   alignas(16) static A a;
   static const bool registered = (register_shared(&a, sizeof a), true);
   (void)registered;
+  static unsigned seen = 0;
+  count_static_shared(seen, sizeof a);
   return a;
 }
 

@@ -28,6 +28,9 @@ cudaError_t record(cudaError_t e);
 // The dynamic shared memory a launch of fn may ask for (48 KiB unless raised by
 // cudaFuncSetAttribute).
 size_t smem_limit(const void* fn);
+// The grid limit along y and z: 65535, or CUDASIM_MAX_GRID_YZ (read at every call) to test
+// launches that split their work to fit it.
+unsigned max_grid_yz();
 
 // ---- streams and graphs ----------------------------------------------------------------------
 // Work on a stream runs at once, or is recorded (an OpList) while the stream is captured.

@@ -94,6 +94,20 @@ __global__ void smem_kernel(float* out) {
   __syncthreads();
   out[threadIdx.x] = dyn[blockDim.x - 1 - threadIdx.x];
 }
+__global__ void static_and_dynamic_kernel(float* out) {
+  extern __shared__ __align__(16) float dyn2[];
+  __shared__ float fixed[256];
+  fixed[threadIdx.x] = 1.f;
+  dyn2[threadIdx.x] = 2.f;
+  __syncthreads();
+  out[threadIdx.x] = fixed[255 - threadIdx.x] + dyn2[threadIdx.x];
+}
+__global__ void misaligned_cp_async_kernel(const float* src) {
+  extern __shared__ __align__(16) unsigned char buf2[];
+  cudasim::cp_async16(uint32_t(__cvta_generic_to_shared(buf2)), src + 1, 12);
+  cudasim::cp_async_commit();
+  cudasim::cp_async_wait(0);
+}
 __global__ void touch_kernel(float* p) {
   p[threadIdx.x] = 1.f;
 }
@@ -246,6 +260,29 @@ TEST_CASE("cudasim: launch limits") {
   CHECK(cudaFuncSetAttribute(smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              232448 + 1) == cudaErrorInvalidValue);
   (void)cudaGetLastError();
+  // static shared arrays count with the dynamic bytes: 1 KiB + 47 KiB fits, 4 bytes more
+  // do not without the opt-in
+  static_and_dynamic_kernel<<<1, 256, 47 << 10>>>(d);
+  CHECK(cudaGetLastError() == cudaSuccess);
+  CHECK(to_host(d, 256)[7] == 3.f);
+  CHECK(throws_with([&] { static_and_dynamic_kernel<<<1, 256, (47 << 10) + 4>>>(d); },
+                    "without opting in"));
+  CHECK(cudaFuncSetAttribute(static_and_dynamic_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             64 << 10) == cudaSuccess);
+  static_and_dynamic_kernel<<<1, 256, (47 << 10) + 4>>>(d);
+  CHECK(cudaGetLastError() == cudaSuccess);
+  // the grid's y and z limit, lowered by CUDASIM_MAX_GRID_YZ for tests of split launches
+  int lim = 0;
+  CHECK(cudaDeviceGetAttribute(&lim, cudaDevAttrMaxGridDimZ, 0) == cudaSuccess);
+  CHECK(lim == 65535);
+  setenv("CUDASIM_MAX_GRID_YZ", "4", 1);
+  CHECK(cudaDeviceGetAttribute(&lim, cudaDevAttrMaxGridDimY, 0) == cudaSuccess);
+  CHECK(lim == 4);
+  touch_kernel<<<dim3(1, 1, 4), 1>>>(d);
+  CHECK(cudaGetLastError() == cudaSuccess);
+  touch_kernel<<<dim3(1, 5, 1), 1>>>(d);
+  CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
+  unsetenv("CUDASIM_MAX_GRID_YZ");
   cudaFree(d);
 }
 
@@ -265,6 +302,8 @@ TEST_CASE("cudasim: cp.async lands at its wait; 8 bytes zero-fill the rest") {
   CHECK(a[3] == 6.f);
   CHECK(a[4] == 0.f);
   CHECK(a[5] == 0.f);
+  // the global source of a 16-byte cp.async must be 16-byte aligned, whatever it copies
+  CHECK(throws_with([&] { misaligned_cp_async_kernel<<<1, 1, 16>>>(src); }, "16-byte aligned"));
   cudaFree(src), cudaFree(before), cudaFree(after);
 }
 

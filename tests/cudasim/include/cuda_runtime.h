@@ -44,6 +44,8 @@ enum cudaStreamCaptureMode {
   cudaStreamCaptureModeRelaxed = 2
 };
 enum cudaDeviceAttr {
+  cudaDevAttrMaxGridDimY = 6,
+  cudaDevAttrMaxGridDimZ = 7,
   cudaDevAttrMaxSharedMemoryPerBlock = 8,
   cudaDevAttrMultiProcessorCount = 16,
   cudaDevAttrComputeCapabilityMajor = 75,
@@ -51,6 +53,13 @@ enum cudaDeviceAttr {
   cudaDevAttrMaxSharedMemoryPerBlockOptin = 97
 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+// The fields of the runtime's struct that tnas reads. The simulator compiles every kernel as
+// for sm_90 and does not know a function's static shared memory (it counts it at launch).
+struct cudaFuncAttributes {
+  size_t sharedSizeBytes = 0;
+  int ptxVersion = 90;
+  int binaryVersion = 90;
+};
 constexpr unsigned cudaStreamDefault = 0, cudaStreamNonBlocking = 1;
 
 const char* cudaGetErrorName(cudaError_t e);
@@ -87,4 +96,9 @@ void enqueue(cudaStream_t s, void (*op)(void*), void* state, void (*destroy)(voi
 template <class... P>
 cudaError_t cudaFuncSetAttribute(void (*fn)(P...), cudaFuncAttribute a, int v) {
   return cudasim::func_set_attribute(reinterpret_cast<const void*>(fn), a, v);
+}
+template <class... P>
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, void (*)(P...)) {
+  *a = cudaFuncAttributes{};
+  return cudaSuccess;
 }
