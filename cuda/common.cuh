@@ -34,6 +34,12 @@ namespace tnas::cuda::detail {
 cudaStream_t stream();
 cublasHandle_t cublas();
 int sm_count();
+// The most shared memory (static plus dynamic) a block may opt in to on this device.
+size_t smem_optin();
+// The device's grid limit along y (axis 1) or z (axis 2): 65535 on every GPU so far. Under
+// tests/cudasim it is asked for at each call, so that a test can lower it and check that the
+// launches that split their work to fit it still cover all of it.
+unsigned max_grid(int axis);
 
 // Scratch device memory from the caching allocator, returned in stream order (a later kernel
 // on the stream may reuse it after the kernels that use it now).

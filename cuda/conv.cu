@@ -227,8 +227,11 @@ __global__ void __launch_bounds__(256)
     dw_wgrad_partial_kernel(const float* __restrict__ x, const float* __restrict__ gy,
                             float* __restrict__ partial, int N, int C, int H, int W, int P, int Q,
                             int pad, int ih, int iw_pad, int tiles_x, int tiles_y) {
+  // The input tiles, then 8 rows of R*S sums for the block reduction. All of the block's shared
+  // memory is dynamic: a static array would count against the 48 KB a launch may use without
+  // opting in, which allow_smem() compares the dynamic bytes alone with.
   extern __shared__ __align__(16) float smem[];
-  __shared__ float red[8][R * S];
+  float* red = smem + int(blockDim.z) * ih * iw_pad;  // [8][R * S]; ih * iw_pad is a multiple of 4
   constexpr int NW = ((kV - 1) * ST + (S - 1) * D + 1 + 3) / 4 * 4;
   const int tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
   const int nthreads = blockDim.x * blockDim.y * blockDim.z;
@@ -274,13 +277,13 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
   for (int i = 0; i < R * S; ++i) {
     const float s = warp_sum_lane0(acc[i], lanes);
-    if (lane == 0) red[warp][i] = s;
+    if (lane == 0) red[warp * (R * S) + i] = s;
   }
   __syncthreads();
   // A small block (a 2 x 4 x 3 tile is 24 threads) can have fewer threads than taps (25).
   for (int i = tid; i < R * S; i += nthreads) {
     float s = 0.f;
-    for (int k = 0; k < nwarps; ++k) s += red[k][i];
+    for (int k = 0; k < nwarps; ++k) s += red[k * (R * S) + i];
     partial[(size_t(c) * gridDim.x + blockIdx.x) * (R * S) + i] = s;
   }
 }
@@ -456,11 +459,41 @@ void by_flag(bool b, F&& f) {
     f.template operator()<false>();
 }
 
+// Lets `kernel` (which has no static shared memory) launch with `bytes` of dynamic shared
+// memory. Past the default 48 KB it opts in to the device's maximum, never to `bytes` itself: a
+// later, smaller launch must not lower the limit under a launch captured in a graph before it.
 template <class K>
 void allow_smem(K kernel, size_t bytes) {
-  if (bytes > 48 * 1024)
-    TNAS_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  if (bytes <= 48 * 1024) return;
+  TNAS_CHECK(bytes <= smem_optin(), "conv2d (cuda): a depthwise tile needs ", bytes,
+             " bytes of shared memory, more than the device's ", smem_optin());
+  TNAS_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_optin())));
+}
+
+// Calls f(first, count) for consecutive runs of `items` that each fit one launch whose grid
+// has one entry per `per_block` units along an axis limited to `limit` entries, `unit` units to
+// an item (images of C planes; channels). Every run but the last has the same count.
+template <class F>
+void in_grid_chunks(int64_t items, int64_t unit, int per_block, unsigned limit, const char* what,
+                    F&& f) {
+  const int64_t per_launch = int64_t(limit) * per_block / unit;
+  TNAS_CHECK(per_launch >= 1, "conv2d (cuda): ", what, " does not fit the grid (", unit,
+             " units at ", per_block, " per block, at most ", limit, " blocks)");
+  for (int64_t first = 0; first < items; first += per_launch)
+    f(first, std::min(per_launch, items - first));
+}
+
+// The tiled depthwise kernels take N*C planes along grid z, t.tz to a block: calls
+// f(first image, planes, gridDim.z) for runs of whole images (so plane % C stays the channel)
+// that fit the device's z limit (65535 blocks: 256 images of 288 channels at 32x32 need more).
+template <class F>
+void by_images(const ConvShape& p, const Tiling& t, F&& f) {
+  in_grid_chunks(p.N, p.C, t.tz, max_grid(2), "a depthwise image's planes",
+                 [&](int64_t n0, int64_t images) {
+                   const int planes = int(images * p.C);
+                   f(n0, planes, unsigned((planes + t.tz - 1) / t.tz));
+                 });
 }
 
 // Row-major strided-batched C_b = alpha op(A_b) op(B_b) + beta C_b through column-major cuBLAS
@@ -513,6 +546,7 @@ bool native_kernel_for(const ConvShape& p) {
 }
 
 void conv2d_forward(const ConvShape& p, const float* x, const float* w, float* y) {
+  if (p.N * p.K * p.P * p.Q == 0) return;  // no output (a zero-sized grid is no launch)
   if (const CudnnPlan* cp = cudnn_plan(p, native_kernel_for(p))) {
     const ReluCopy xin(p, x);
     cudnn_conv2d_forward(*cp, xin.get(), w, y);
@@ -522,9 +556,12 @@ void conv2d_forward(const ConvShape& p, const float* x, const float* w, float* y
         const Tiling t = make_tiling(int(p.P), int(p.Q), int(p.N * p.C), R, R, ST, D);
         auto k = dw_forward_kernel<R, R, ST, D, false, RELU, false>;
         allow_smem(k, t.smem_bytes);
-        k<<<dim3(t.gx, t.gy, t.gz), dim3(t.tx, t.ty, t.tz), t.smem_bytes, stream()>>>(
-            x, w, nullptr, y, int(p.N * p.C), int(p.C), int(p.H), int(p.W), int(p.P), int(p.Q),
-            int(p.pad), t.ih, t.iw_pad);
+        by_images(p, t, [&](int64_t n0, int planes, unsigned gz) {
+          k<<<dim3(t.gx, t.gy, gz), dim3(t.tx, t.ty, t.tz), t.smem_bytes, stream()>>>(
+              x + n0 * p.C * p.H * p.W, w, nullptr, y + n0 * p.C * p.P * p.Q, planes, int(p.C),
+              int(p.H), int(p.W), int(p.P), int(p.Q), int(p.pad), t.ih, t.iw_pad);
+          TNAS_CUDA_LAUNCHED();
+        });
       });
     });
   } else if (is_pointwise(p)) {
@@ -543,6 +580,12 @@ void conv2d_forward(const ConvShape& p, const float* x, const float* w, float* y
 void conv2d_backward_input(const ConvShape& p, const float* gy, const float* w, const float* x,
                            float* gx) {
   TNAS_CHECK(!p.relu_x || x, "conv2d backward-input (cuda): relu_x needs the forward's input");
+  if (p.N * p.C * p.H * p.W == 0) return;
+  if (p.K * p.P * p.Q == 0) {  // nothing flows back: a zero gradient
+    TNAS_CUDA_CHECK(
+        cudaMemsetAsync(gx, 0, size_t(p.N * p.C * p.H * p.W) * sizeof(float), stream()));
+    return;
+  }
   if (const CudnnPlan* cp = cudnn_plan(p, native_kernel_for(p))) {
     cudnn_conv2d_backward_input(*cp, gy, w, gx);
     if (p.relu_x) {
@@ -559,9 +602,13 @@ void conv2d_backward_input(const ConvShape& p, const float* gy, const float* w, 
           const Tiling t = make_tiling(int(p.H), int(p.W), planes, R, R, 1, D);
           auto k = dw_forward_kernel<R, R, 1, D, true, false, MASK>;
           allow_smem(k, t.smem_bytes);
-          k<<<dim3(t.gx, t.gy, t.gz), dim3(t.tx, t.ty, t.tz), t.smem_bytes, stream()>>>(
-              gy, w, x, gx, planes, int(p.C), int(p.P), int(p.Q), int(p.H), int(p.W), pad2, t.ih,
-              t.iw_pad);
+          by_images(p, t, [&](int64_t n0, int chunk, unsigned gz) {
+            const int64_t in = n0 * p.C * p.H * p.W;
+            k<<<dim3(t.gx, t.gy, gz), dim3(t.tx, t.ty, t.tz), t.smem_bytes, stream()>>>(
+                gy + n0 * p.C * p.P * p.Q, w, x ? x + in : nullptr, gx + in, chunk, int(p.C),
+                int(p.P), int(p.Q), int(p.H), int(p.W), pad2, t.ih, t.iw_pad);
+            TNAS_CUDA_LAUNCHED();
+          });
         } else {
           Tiling t = make_tiling(int(p.H), int(p.W), planes, R, R, 1, D);
           // gy rows / columns a tile of ty x (tx*kV) inputs needs: ceil spans over the stride.
@@ -571,9 +618,13 @@ void conv2d_backward_input(const ConvShape& p, const float* gy, const float* w, 
           t.smem_bytes = size_t(t.tz) * t.ih * t.iw_pad * sizeof(float);
           auto k = dw_dgrad_strided_kernel<R, R, ST, D, MASK>;
           allow_smem(k, t.smem_bytes);
-          k<<<dim3(t.gx, t.gy, t.gz), dim3(t.tx, t.ty, t.tz), t.smem_bytes, stream()>>>(
-              gy, w, x, gx, planes, int(p.C), int(p.H), int(p.W), int(p.P), int(p.Q), int(p.pad),
-              t.ih, t.iw_pad);
+          by_images(p, t, [&](int64_t n0, int chunk, unsigned gz) {
+            const int64_t in = n0 * p.C * p.H * p.W;
+            k<<<dim3(t.gx, t.gy, gz), dim3(t.tx, t.ty, t.tz), t.smem_bytes, stream()>>>(
+                gy + n0 * p.C * p.P * p.Q, w, x ? x + in : nullptr, gx + in, chunk, int(p.C),
+                int(p.H), int(p.W), int(p.P), int(p.Q), int(p.pad), t.ih, t.iw_pad);
+            TNAS_CUDA_LAUNCHED();
+          });
         }
       });
     });
@@ -595,6 +646,12 @@ void conv2d_backward_input(const ConvShape& p, const float* gy, const float* w, 
 }
 
 void conv2d_backward_weight(const ConvShape& p, const float* x, const float* gy, float* gw) {
+  const int64_t nw = p.K * (p.C / p.groups) * p.R * p.S;
+  if (nw == 0) return;
+  if (p.N * p.P * p.Q == 0) {  // no outputs to take a gradient from: zero
+    TNAS_CUDA_CHECK(cudaMemsetAsync(gw, 0, size_t(nw) * sizeof(float), stream()));
+    return;
+  }
   if (const CudnnPlan* cp = cudnn_plan(p, native_kernel_for(p))) {
     const ReluCopy xin(p, x);
     cudnn_conv2d_backward_weight(*cp, xin.get(), gy, gw);
@@ -606,11 +663,18 @@ void conv2d_backward_weight(const ConvShape& p, const float* x, const float* gy,
         const size_t pbytes = size_t(p.C) * blocks * R * R * sizeof(float);
         float* partial = static_cast<float*>(scratch_alloc(pbytes));
         auto k = dw_wgrad_partial_kernel<R, R, ST, D, RELU>;
-        allow_smem(k, t.smem_bytes);
-        k<<<dim3(unsigned(blocks), unsigned(p.C), 1), dim3(t.tx, t.ty, t.tz), t.smem_bytes,
-            stream()>>>(x, gy, partial, int(p.N), int(p.C), int(p.H), int(p.W), int(p.P), int(p.Q),
-                        int(p.pad), t.ih, t.iw_pad, int(t.gx), int(t.gy));
-        TNAS_CUDA_LAUNCHED();
+        const size_t smem = t.smem_bytes + size_t(8) * R * R * sizeof(float);  // + red
+        allow_smem(k, smem);
+        // One grid row per channel, in launches of at most max_grid(1) channels.
+        in_grid_chunks(p.C, 1, 1, max_grid(1), "the depthwise weight gradient's channels",
+                       [&](int64_t c0, int64_t nc) {
+                         k<<<dim3(unsigned(blocks), unsigned(nc), 1), dim3(t.tx, t.ty, t.tz), smem,
+                             stream()>>>(x + c0 * p.H * p.W, gy + c0 * p.P * p.Q,
+                                         partial + c0 * blocks * R * R, int(p.N), int(p.C),
+                                         int(p.H), int(p.W), int(p.P), int(p.Q), int(p.pad), t.ih,
+                                         t.iw_pad, int(t.gx), int(t.gy));
+                         TNAS_CUDA_LAUNCHED();
+                       });
         const int outs = int(p.C) * R * R;
         sum_blocks_kernel<<<blocks_for(outs, 128), 128, 0, stream()>>>(partial, int(p.C), blocks,
                                                                        R * R, gw);
@@ -623,9 +687,7 @@ void conv2d_backward_weight(const ConvShape& p, const float* x, const float* gy,
     // where a GEMM per image accumulating into gw costs N launches).
     const int64_t HW = p.H * p.W, KC = p.K * p.C;
     const ReluCopy xin(p, x);
-    if (p.N == 0) {  // no images: a zero gradient
-      TNAS_CUDA_CHECK(cudaMemsetAsync(gw, 0, size_t(KC) * sizeof(float), stream()));
-    } else if (p.N == 1) {
+    if (p.N == 1) {
       gemm(false, true, p.K, p.C, HW, 1.f, gy, HW, xin.get(), HW, 0.f, gw, p.C);
     } else {
       const size_t pbytes = size_t(p.N * KC) * sizeof(float);
@@ -636,8 +698,7 @@ void conv2d_backward_weight(const ConvShape& p, const float* x, const float* gy,
       scratch_free(partial, pbytes);
     }
   } else {
-    const int64_t total = p.K * (p.C / p.groups) * p.R * p.S;
-    direct_wgrad_kernel<<<unsigned(total), 256, 0, stream()>>>(dconv(p), x, gy, gw);
+    direct_wgrad_kernel<<<unsigned(nw), 256, 0, stream()>>>(dconv(p), x, gy, gw);
   }
   TNAS_CUDA_LAUNCHED();
 }

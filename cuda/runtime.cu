@@ -14,6 +14,8 @@ namespace {
 cudaStream_t g_stream = nullptr;
 cublasHandle_t g_cublas = nullptr;
 int g_sms = 0;
+size_t g_smem_optin = 0;
+unsigned g_max_grid[2] = {65535, 65535};  // y, z
 
 // cudaMalloc / cudaFree for the core's CachingAllocator: blocks are cached by size class and
 // handed out again in host order, which is the stream's order since all tnas work is on one
@@ -90,6 +92,22 @@ cublasHandle_t cublas() {
 int sm_count() {
   return g_sms;
 }
+size_t smem_optin() {
+  return g_smem_optin;
+}
+unsigned max_grid(int axis) {
+  TNAS_CHECK(axis == 1 || axis == 2, "max_grid: axis 1 (y) or 2 (z), not ", axis);
+#ifdef TNAS_CUDASIM
+  // The simulator's limit may change between calls (CUDASIM_MAX_GRID_YZ): ask every time.
+  int dev = 0, v = 0;
+  TNAS_CUDA_CHECK(cudaGetDevice(&dev));
+  TNAS_CUDA_CHECK(
+      cudaDeviceGetAttribute(&v, axis == 1 ? cudaDevAttrMaxGridDimY : cudaDevAttrMaxGridDimZ, dev));
+  return unsigned(v);
+#else
+  return g_max_grid[axis - 1];
+#endif
+}
 void* scratch_alloc(size_t bytes) {
   return allocator(Device::cuda).allocate(bytes);
 }
@@ -142,6 +160,15 @@ extern "C" void tnas_cuda_register() {
   int dev = 0;
   TNAS_CUDA_CHECK(cudaGetDevice(&dev));
   TNAS_CUDA_CHECK(cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, dev));
+  int optin = 0;
+  TNAS_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  g_smem_optin = size_t(optin);
+  for (int a = 0; a < 2; ++a) {
+    int v = 0;
+    TNAS_CUDA_CHECK(
+        cudaDeviceGetAttribute(&v, a == 0 ? cudaDevAttrMaxGridDimY : cudaDevAttrMaxGridDimZ, dev));
+    g_max_grid[a] = unsigned(v);
+  }
 
   // Never destroyed: tensors with static storage may outlive the CUDA context's users, and
   // cudaFree after the runtime has shut down would only report errors.

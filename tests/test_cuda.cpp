@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <string>
@@ -209,6 +210,45 @@ class EngineScope {
 TEST_CASE("cuda: depthwise and dilated depthwise conv, every kernel size / stride / dilation") {
   SKIP_WITHOUT_GPU();
   check_depthwise_convs({Shape{3, 5, 7, 9}, Shape{2, 4, 16, 16}, Shape{1, 3, 13, 37}});
+}
+
+// Lowers the simulator's grid limit along y and z for a scope (CUDASIM_MAX_GRID_YZ; a GPU
+// ignores it, and the cases under it run unsplit there).
+class GridLimitScope {
+ public:
+  explicit GridLimitScope(const char* limit) { setenv("CUDASIM_MAX_GRID_YZ", limit, 1); }
+  ~GridLimitScope() { unsetenv("CUDASIM_MAX_GRID_YZ"); }
+  GridLimitScope(const GridLimitScope&) = delete;
+  GridLimitScope& operator=(const GridLimitScope&) = delete;
+};
+
+TEST_CASE("cuda: depthwise convs split to fit the grid, past 48 KB of shared memory, and empty") {
+  SKIP_WITHOUT_GPU();
+  {
+    // N*C planes along z and the weight gradient's channels along y, at most 2 blocks each:
+    // 5 images of 7 channels at 9x9 run as launches of 2, 2 and 1 images, and of 2 channels.
+    GridLimitScope limit("2");
+    check_depthwise_convs({Shape{5, 7, 9, 9}});
+#ifdef TNAS_TEST_CUDASIM
+    // 40 channels do not fit 1 block of 4 planes: an error, not a partial result.
+    GridLimitScope one("1");
+    CHECK(testing::throws_with(
+        [] {
+          (void)conv2d(rnd({1, 40, 16, 16}, 70).to(Device::cuda),
+                       rnd({40, 1, 3, 3}, 71).to(Device::cuda), {.padding = 1, .groups = 40});
+        },
+        {"does not fit the grid"}));
+#endif
+  }
+  // 5x5 dilation 2 at a 4x4 output over 64 images: the weight gradient's tile (64 planes of
+  // 12 x 16 floats) is 48 KB before its reduction rows, so the launch must opt in.
+  compare("dw 5x5 d=2, 64 images of 4x4",
+          [](const V& v) { return conv2d(v[0], v[1], {.padding = 4, .dilation = 2, .groups = 2}); },
+          {rnd({64, 2, 4, 4}, 72), rnd({2, 1, 5, 5}, 73, 0.5)});
+  // No images: an empty output, zero weight gradients.
+  compare("dw 3x3, no images",
+          [](const V& v) { return conv2d(v[0], v[1], {.padding = 1, .groups = 3}); },
+          {rnd({0, 3, 5, 5}, 74), rnd({3, 1, 3, 3}, 75)});
 }
 
 TEST_CASE("cuda: pointwise, dense, grouped and strided conv, with bias; linear and matmul") {
