@@ -438,15 +438,20 @@ int device_cc_major() {
   return major;
 }
 
-// The most dynamic shared memory a block may opt in to on this device.
-size_t device_smem_optin() {
-  static const size_t bytes = [] {
-    int dev = 0, v = 0;
-    TNAS_CUDA_CHECK(cudaGetDevice(&dev));
-    TNAS_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    return size_t(v);
+// Whether the tensor-core kernel this device runs was compiled with its mma path: the device
+// being sm_80+ is not enough, as a build for older architectures only (CMAKE_CUDA_ARCHITECTURES
+// below 80) runs on it by JIT-compiling PTX in which mma_b1 is a trap.
+bool mma_compiled() {
+  static const bool yes = [] {
+    if (device_cc_major() < 8) return false;
+    cudaFuncAttributes a{};
+    if (cudaFuncGetAttributes(&a, xnor_conv_mma_kernel) != cudaSuccess) {
+      (void)cudaGetLastError();  // no image of the kernel for this device: the SIMT path
+      return false;
+    }
+    return a.ptxVersion >= 80;
   }();
-  return bytes;
+  return yes;
 }
 
 size_t mma_smem_bytes(const XGeom& g) {
@@ -455,8 +460,8 @@ size_t mma_smem_bytes(const XGeom& g) {
 
 bool mma_possible(const ConvShape& p) {
   const XGeom g = make_geom(p, true);
-  return device_cc_major() >= 8 && p.groups <= 65535 && ceil_div(g.Kg, kBN) <= 65535 &&
-         ceil_div(g.M, kBM) < (int64_t(1) << 31) && mma_smem_bytes(g) <= device_smem_optin();
+  return mma_compiled() && p.groups <= 65535 && ceil_div(g.Kg, kBN) <= 65535 &&
+         ceil_div(g.M, kBM) < (int64_t(1) << 31) && mma_smem_bytes(g) <= smem_optin();
 }
 
 Path choose_path(const ConvShape& p) {
@@ -464,9 +469,10 @@ Path choose_path(const ConvShape& p) {
   const std::string v = env ? env : "";
   if (v == "simt") return Path::simt;
   if (v == "mma") {
-    TNAS_CHECK(mma_possible(p), "xnor_conv2d (cuda): TNAS_XNOR_PATH=mma, but the tensor-core ",
-               "path cannot run this shape on this device (needs sm_80+, groups <= 65535, and ",
-               "(R+1)*(S+1) small enough for shared memory)");
+    TNAS_CHECK(
+        mma_possible(p), "xnor_conv2d (cuda): TNAS_XNOR_PATH=mma, but the tensor-core ",
+        "path cannot run this shape on this device (needs sm_80+ and a build for it, groups <= ",
+        "65535, and ", "(R+1)*(S+1) small enough for shared memory)");
     return Path::mma;
   }
   TNAS_CHECK(v.empty() || v == "auto", "TNAS_XNOR_PATH: expected simt, mma or auto, got '", v, "'");
@@ -523,10 +529,9 @@ void run_conv(const ConvShape& p, Path path, const float* x, const uint32_t* wb,
     const size_t smem = mma_smem_bytes(g);
     static size_t allowed = 48 * 1024;  // the opt-in already granted to the kernel
     if (smem > allowed) {
-      TNAS_CUDA_CHECK(cudaFuncSetAttribute(xnor_conv_mma_kernel,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           int(device_smem_optin())));
-      allowed = device_smem_optin();
+      TNAS_CUDA_CHECK(cudaFuncSetAttribute(
+          xnor_conv_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_optin())));
+      allowed = smem_optin();
     }
     const dim3 grid(unsigned(ceil_div(g.M, kBM)), unsigned(ceil_div(g.Kg, kBN)), unsigned(g.G));
     xnor_conv_mma_kernel<<<grid, kThreads, smem, stream()>>>(g, xb, wb, wpre, y);
@@ -544,6 +549,15 @@ void check_shape(const ConvShape& p) {
              "xnor_conv2d (cuda): bad shape");
   TNAS_CHECK(!p.relu_x, "xnor_conv2d (cuda): relu_x is for the float conv kernels");
   TNAS_CHECK(fits_int32(p), "xnor_conv2d (cuda): tensors of 2^31 or more elements");
+}
+
+// Packed weights are read by 16-byte cp.async copies, whose global address must be 16-byte
+// aligned (a misaligned one is a sticky fault that ends the CUDA context): a tensor's raw()
+// is, unless it is a view at an offset.
+void check_packed_alignment(const void* packed, const char* what) {
+  TNAS_CHECK(reinterpret_cast<uintptr_t>(packed) % 16 == 0, what, " (cuda): the packed weights at ",
+             packed, " are not 16-byte aligned (pass a tensor's own storage, not a view at an ",
+             "offset)");
 }
 
 // True (and y zeroed where needed) when there is nothing to compute.
@@ -589,6 +603,7 @@ size_t xnor_packed_weights_bytes(const backend::ConvShape& p) {
 
 void xnor_pack_weights(const backend::ConvShape& p, const float* w, void* packed) {
   detail::check_shape(p);
+  detail::check_packed_alignment(packed, "xnor_pack_weights");
   if (p.K == 0 || p.C == 0 || p.R == 0 || p.S == 0) return;
   const detail::XGeom g = detail::make_geom(p, true);
   unsigned char* buf = static_cast<unsigned char*>(packed);
@@ -599,6 +614,7 @@ void xnor_pack_weights(const backend::ConvShape& p, const float* w, void* packed
 void xnor_conv2d_packed(const backend::ConvShape& p, const float* x, const void* packed_w,
                         float* y) {
   detail::check_shape(p);
+  detail::check_packed_alignment(packed_w, "xnor_conv2d_packed");
   if (detail::trivial(p, y)) return;
   const detail::XGeom g = detail::make_geom(p, true);
   const unsigned char* buf = static_cast<const unsigned char*>(packed_w);

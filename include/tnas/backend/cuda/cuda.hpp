@@ -53,7 +53,8 @@ void set_conv_engine(ConvEngine e);
 // Binary (XNOR) convolution with weights packed once, for inference of a fixed binary layer
 // (cuda/xnor.cu; same result as the xnor_conv2d kernel-table entry, which packs w every call):
 // the device bytes a packed weight of shape p needs, packing w [K, C/groups, R, S] (device
-// memory) into `packed`, and the convolution of float x with it into y [N, K, P, Q].
+// memory) into `packed`, and the convolution of float x with it into y [N, K, P, Q]. `packed`
+// must be 16-byte aligned (a tensor's own storage is; a tnas::Error says when it is not).
 size_t xnor_packed_weights_bytes(const backend::ConvShape& p);
 void xnor_pack_weights(const backend::ConvShape& p, const float* w, void* packed);
 void xnor_conv2d_packed(const backend::ConvShape& p, const float* x, const void* packed_w,
