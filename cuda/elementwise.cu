@@ -167,8 +167,9 @@ __global__ void scale_copy_kernel(T* __restrict__ dst, const T* __restrict__ src
 // One block per output element: the kept axes (vk) give the output's base offset, the reduced
 // axes (vr) are summed over by the block, in double.
 template <class T>
-__global__ void reduce_sum_kernel(const T* __restrict__ x, DView vk, DView vr, int64_t outputs,
-                                  int64_t per_output, T* __restrict__ out, double factor) {
+__global__ void __launch_bounds__(1024)
+    reduce_sum_kernel(const T* __restrict__ x, DView vk, DView vr, int64_t outputs,
+                      int64_t per_output, T* __restrict__ out, double factor) {
   __shared__ double smem[32];
   for (int64_t o = blockIdx.x; o < outputs; o += gridDim.x) {
     const int64_t base = offset_of(o, vk);

@@ -100,7 +100,8 @@ __global__ void sum_squares_kernel(const List L, double* partial, int first_bloc
   if (threadIdx.x == 0) partial[first_block + blockIdx.x] = s;
 }
 
-__global__ void sum_partials_kernel(const double* partial, int n, float* out) {
+__global__ void __launch_bounds__(1024)
+    sum_partials_kernel(const double* partial, int n, float* out) {
   __shared__ double smem[32];
   double s = 0;
   for (int i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
