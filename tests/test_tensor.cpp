@@ -133,6 +133,24 @@ TEST_CASE("caching allocator: a private pool keeps its blocks to itself until re
   CHECK(testing::throws_with([&] { plain.begin_pool(); }, {"no private pools"}));
 }
 
+TEST_CASE("caching allocator: out of memory releases the cache, except during a capture") {
+  // A system allocator that refuses blocks over 64 KiB and counts what it frees.
+  static int frees = 0;
+  CachingAllocator a([](size_t n) { return n > (64 << 10) ? nullptr : std::malloc(n); },
+                     [](void* p) { ++frees, std::free(p); });
+  void* small = a.allocate(1000);
+  a.deallocate(small, 1000);  // cached
+  const int pool = a.begin_pool();
+  // cudaFree would synchronise a capturing stream: the cache stays, the error says why
+  CHECK(testing::throws_with([&] { (void)a.allocate(1 << 20); },
+                             {"out of memory", "not released during a graph capture"}));
+  CHECK(frees == 0);
+  a.end_pool();
+  CHECK(testing::throws_with([&] { (void)a.allocate(1 << 20); }, {"out of memory"}));
+  CHECK(frees == 1);  // outside a capture the cache went back before the retry
+  a.release_pool(pool);
+}
+
 TEST_CASE("rng is reproducible and its state restores") {
   Rng a(42), b(42);
   for (int i = 0; i < 10; ++i) CHECK(a.next_u64() == b.next_u64());

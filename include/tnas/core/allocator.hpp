@@ -94,12 +94,16 @@ class CachingAllocator : public Allocator {
       stats_.cached_bytes -= cls;
     } else {
       p = sys_alloc_(cls);
-      if (!p) {  // out of memory: give back the cache and try once more
+      // Out of memory: give back the cache and try once more. Not while a private pool is
+      // active (a CUDA graph capture): cudaFree synchronises the device, which a capturing
+      // stream does not allow.
+      if (!p && !active_) {
         release_cache_locked();
         p = sys_alloc_(cls);
       }
       TNAS_CHECK(p, "allocator: out of memory allocating ", cls, " bytes (", stats_.live_bytes,
-                 " bytes live)");
+                 " bytes live, ", stats_.cached_bytes, " cached",
+                 active_ ? ", not released during a graph capture" : "", ")");
       ++stats_.system_allocs;
     }
     if (pool) owner_[p] = active_;
