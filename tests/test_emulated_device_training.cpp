@@ -294,6 +294,17 @@ TEST_CASE("emulated device: a captured graph replays the device work") {
                              {"graph capture", "host and device"}));
   CHECK_FALSE(bad.ready());
   CHECK(sum(x).item() == doctest::Approx(sum(x.cpu()).item()));  // eager again
+  // a capture that cannot begin (cuDNN's handle failing, say) leaves no private pool behind
+  DeviceHooks& h = device_hooks();
+  const auto begin = h.capture_begin;
+  h.capture_begin = [](Device) { throw Error("capture_begin refused (test)"); };
+  DeviceGraph refused(Device::cuda);
+  CHECK(testing::throws_with([&] { refused.capture([] {}); }, {"refused (test)"}));
+  h.capture_begin = begin;
+  DeviceGraph again(Device::cuda);
+  again.capture([&] { y = relu(x); });  // the allocator would say "already active"
+  again.replay();
+  CHECK(matches(relu(x.cpu()), y));
 }
 
 TEST_CASE("emulated device: a captured training step replays like eager CPU steps") {

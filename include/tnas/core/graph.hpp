@@ -40,8 +40,13 @@ class DeviceGraph {
     DeviceHooks& h = device_hooks();
     TNAS_CHECK(h.capture_begin && h.capture_end && h.graph_replay && h.graph_destroy,
                "DeviceGraph: the ", device_, " backend of this build cannot capture graphs");
-    pool_ = a.begin_pool();
     h.capture_begin(device_);
+    try {
+      pool_ = a.begin_pool();  // after the capture began: on its failure no pool is left active
+    } catch (...) {
+      h.capture_end(device_, true);
+      throw;
+    }
     try {
       f();
     } catch (...) {
