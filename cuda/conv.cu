@@ -115,11 +115,10 @@ __device__ __forceinline__ void store_outputs(float* y, int ow, int Q, const flo
 // where their 25 weights, the input window and 4 accumulators want about 40: six blocks (1,536
 // threads, 40 registers each) keep 75% occupancy without spilling, five (48 registers) with
 // the ReLU mask of backward-input. 3x3 kernels fit in 32 (1: no constraint).
-// ([[maybe_unused]]: the host-side simulator's __launch_bounds__ drops its arguments.)
 template <int R, int S, bool MASK>
-[[maybe_unused]] constexpr int kMinBlocks = R* S <= 9 ? 1
-                                            : MASK    ? 5
-                                                      : 6;
+constexpr int kMinBlocks = R* S <= 9 ? 1
+                           : MASK    ? 5
+                                     : 6;
 
 // y[plane] = depthwise correlation of x[plane] (H x W) with w[plane % C] (R x S), output
 // P x Q, stride ST, dilation D, padding `pad` (any sign). FLIP: use w rotated by 180 degrees

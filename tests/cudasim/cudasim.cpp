@@ -480,6 +480,17 @@ void warp_collective(unsigned mask, Collective op, const void* in, size_t in_byt
 void trap() {
   fail("__trap() in a kernel");
 }
+void launch_bounds(int max_threads, int min_blocks) {
+  const dim3& b = cur().blockDim;
+  const uint64_t nt = uint64_t(b.x) * b.y * b.z;
+  if (max_threads < 1 || min_blocks < 0) fail("__launch_bounds__ with bad arguments");
+  if (nt > uint64_t(max_threads)) {
+    std::ostringstream os;
+    os << "a block of " << nt << " threads for a kernel declared __launch_bounds__(" << max_threads
+       << "): a device refuses the launch";
+    fail(os.str());
+  }
+}
 
 // ---- PTX ---------------------------------------------------------------------------------------
 uint32_t cvta_shared(const void* p) {

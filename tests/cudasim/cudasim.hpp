@@ -177,6 +177,9 @@ using Collective = void (*)(const unsigned char (*in)[kSlot], unsigned char (*ou
 void warp_collective(unsigned mask, Collective op, const void* in, size_t in_bytes, void* out,
                      size_t out_bytes);
 [[noreturn]] void trap();
+// __launch_bounds__(max_threads[, min_blocks]), which translate.cmake moves into the kernel's
+// body: a block of more than max_threads threads is a launch a device refuses.
+void launch_bounds(int max_threads, int min_blocks = 0);
 
 // ---- PTX instructions the XNOR kernel uses (cuda/xnor.cu) --------------------------------------
 uint32_t cvta_shared(const void* p);
@@ -193,7 +196,7 @@ void mma_b1_and_popc(int (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t 
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(...)
+#define __launch_bounds__(...)  // (translate.cmake moves it into the body: launch_bounds)
 #define __align__(n) alignas(n)
 #define threadIdx (::cudasim::cur().threadIdx)
 #define blockIdx (::cudasim::cur().blockIdx)

@@ -108,6 +108,9 @@ __global__ void misaligned_cp_async_kernel(const float* src) {
   cudasim::cp_async_commit();
   cudasim::cp_async_wait(0);
 }
+__global__ void __launch_bounds__(64) bounded_kernel(float* p) {
+  p[threadIdx.x] = 1.f;
+}
 __global__ void touch_kernel(float* p) {
   p[threadIdx.x] = 1.f;
 }
@@ -283,6 +286,10 @@ TEST_CASE("cudasim: launch limits") {
   touch_kernel<<<dim3(1, 5, 1), 1>>>(d);
   CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
   unsetenv("CUDASIM_MAX_GRID_YZ");
+  // a block larger than the kernel's __launch_bounds__
+  bounded_kernel<<<1, 64>>>(d);
+  CHECK(cudaGetLastError() == cudaSuccess);
+  CHECK(throws_with([&] { bounded_kernel<<<1, dim3(8, 4, 3)>>>(d); }, "threads for a kernel declared"));
   cudaFree(d);
 }
 

@@ -1,10 +1,11 @@
 # cudasim: rewrites one CUDA source of the backend (cuda/*.cu) into C++ that a host compiler
 # builds against tests/cudasim/include. Usage:
 #   cmake -DIN=cuda/conv.cu -DOUT=build/.../conv.cpp -P tests/cudasim/translate.cmake
-# Four rewrites, none of which changes the line count (diagnostics keep the .cu lines):
+# Five rewrites, none of which changes the line count (diagnostics keep the .cu lines):
 #   k<<<grid, block, smem, stream>>>(args)  ->  k | ::cudasim::config(grid, ...) | ::cudasim::args(args)
 #   extern __shared__ [__align__(n)] T name[];  ->  T* name = ::cudasim::dynamic_shared<T>();
 #   __shared__ T name[dims];  ->  auto& name = ::cudasim::block_shared<T[dims], __LINE__>();
+#   __launch_bounds__(b) signature {  ->  signature { ::cudasim::launch_bounds(b);
 #   #pragma unroll [n]  ->  a comment (Clang honours it on the host and warns, -Wpass-failed,
 #                           where it cannot fully unroll a loop with an early exit; GCC ignores it)
 if(NOT IN OR NOT OUT)
@@ -19,9 +20,11 @@ string(REGEX REPLACE
 string(REGEX REPLACE
   "__shared__ ([A-Za-z_][A-Za-z_0-9: ]*[A-Za-z_0-9]) ([A-Za-z_][A-Za-z_0-9]*)((\\[[^];]+\\])+);"
   "auto& \\2 = ::cudasim::block_shared<\\1\\3, __LINE__>();" src "${src}")
+string(REGEX REPLACE "__launch_bounds__\\(([^()]*)\\)([^{;]*)\\{"
+  "\\2{ ::cudasim::launch_bounds(\\1);" src "${src}")
 string(REGEX REPLACE "#pragma unroll" "// (device) pragma unroll" src "${src}")
-if(src MATCHES "<<<|>>>|__shared__")
-  message(FATAL_ERROR "translate.cmake: ${IN} has a launch or __shared__ declaration this script "
+if(src MATCHES "<<<|>>>|__shared__|__launch_bounds__\\(")
+  message(FATAL_ERROR "translate.cmake: ${IN} has a launch, __shared__ or __launch_bounds__ this script "
     "cannot rewrite")
 endif()
 file(WRITE "${OUT}.tmp" "#line 1 \"${IN}\"\n${src}")
