@@ -289,7 +289,8 @@ TEST_CASE("cudasim: launch limits") {
   // a block larger than the kernel's __launch_bounds__
   bounded_kernel<<<1, 64>>>(d);
   CHECK(cudaGetLastError() == cudaSuccess);
-  CHECK(throws_with([&] { bounded_kernel<<<1, dim3(8, 4, 3)>>>(d); }, "threads for a kernel declared"));
+  CHECK(throws_with([&] { bounded_kernel<<<1, dim3(8, 4, 3)>>>(d); },
+                    "threads for a kernel declared"));
   cudaFree(d);
 }
 
