@@ -41,6 +41,23 @@ size_t smem_optin();
 // launches that split their work to fit it still cover all of it.
 unsigned max_grid(int axis);
 
+// Lets Kernel (a kernel without static shared memory) launch with `bytes` of dynamic shared
+// memory. Past the default 48 KiB it opts Kernel in to the device's maximum, once: never to
+// `bytes` itself, since a later, smaller launch would lower the limit under a launch captured
+// in a graph before it. `what` names the op in the error when the device has too little.
+template <auto Kernel>
+void allow_smem(size_t bytes, const char* what) {
+  if (bytes <= size_t(48) * 1024) return;
+  TNAS_CHECK(bytes <= smem_optin(), what, " (cuda): ", bytes,
+             " bytes of shared memory, more than the device's ", smem_optin());
+  static const bool raised = [] {
+    TNAS_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         int(smem_optin())));
+    return true;
+  }();
+  (void)raised;
+}
+
 // Scratch device memory from the caching allocator, returned in stream order (a later kernel
 // on the stream may reuse it after the kernels that use it now).
 void* scratch_alloc(size_t bytes);

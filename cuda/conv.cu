@@ -228,7 +228,7 @@ __global__ void __launch_bounds__(256)
                             int pad, int ih, int iw_pad, int tiles_x, int tiles_y) {
   // The input tiles, then 8 rows of R*S sums for the block reduction. All of the block's shared
   // memory is dynamic: a static array would count against the 48 KB a launch may use without
-  // opting in, which allow_smem() compares the dynamic bytes alone with.
+  // opting in, which allow_smem() (common.cuh) compares the dynamic bytes alone with.
   extern __shared__ __align__(16) float smem[];
   float* red = smem + int(blockDim.z) * ih * iw_pad;  // [8][R * S]; ih * iw_pad is a multiple of 4
   constexpr int NW = ((kV - 1) * ST + (S - 1) * D + 1 + 3) / 4 * 4;
@@ -458,18 +458,6 @@ void by_flag(bool b, F&& f) {
     f.template operator()<false>();
 }
 
-// Lets `kernel` (which has no static shared memory) launch with `bytes` of dynamic shared
-// memory. Past the default 48 KB it opts in to the device's maximum, never to `bytes` itself: a
-// later, smaller launch must not lower the limit under a launch captured in a graph before it.
-template <class K>
-void allow_smem(K kernel, size_t bytes) {
-  if (bytes <= 48 * 1024) return;
-  TNAS_CHECK(bytes <= smem_optin(), "conv2d (cuda): a depthwise tile needs ", bytes,
-             " bytes of shared memory, more than the device's ", smem_optin());
-  TNAS_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_optin())));
-}
-
 // Calls f(first, count) for consecutive runs of `items` that each fit one launch whose grid
 // has one entry per `per_block` units along an axis limited to `limit` entries, `unit` units to
 // an item (images of C planes; channels). Every run but the last has the same count.
@@ -553,8 +541,8 @@ void conv2d_forward(const ConvShape& p, const float* x, const float* w, float* y
     by_dw_shape(p, [&]<int R, int ST, int D>() {
       by_flag(p.relu_x, [&]<bool RELU>() {
         const Tiling t = make_tiling(int(p.P), int(p.Q), int(p.N * p.C), R, R, ST, D);
-        auto k = dw_forward_kernel<R, R, ST, D, false, RELU, false>;
-        allow_smem(k, t.smem_bytes);
+        constexpr auto k = dw_forward_kernel<R, R, ST, D, false, RELU, false>;
+        allow_smem<k>(t.smem_bytes, "conv2d");
         by_images(p, t, [&](int64_t n0, int planes, unsigned gz) {
           k<<<dim3(t.gx, t.gy, gz), dim3(t.tx, t.ty, t.tz), t.smem_bytes, stream()>>>(
               x + n0 * p.C * p.H * p.W, w, nullptr, y + n0 * p.C * p.P * p.Q, planes, int(p.C),
@@ -599,8 +587,8 @@ void conv2d_backward_input(const ConvShape& p, const float* gy, const float* w, 
           // A correlation of gy (P x Q) with the flipped kernel, padding (R-1)*D - pad.
           const int pad2 = (R - 1) * D - int(p.pad);
           const Tiling t = make_tiling(int(p.H), int(p.W), planes, R, R, 1, D);
-          auto k = dw_forward_kernel<R, R, 1, D, true, false, MASK>;
-          allow_smem(k, t.smem_bytes);
+          constexpr auto k = dw_forward_kernel<R, R, 1, D, true, false, MASK>;
+          allow_smem<k>(t.smem_bytes, "conv2d backward-input");
           by_images(p, t, [&](int64_t n0, int chunk, unsigned gz) {
             const int64_t in = n0 * p.C * p.H * p.W;
             k<<<dim3(t.gx, t.gy, gz), dim3(t.tx, t.ty, t.tz), t.smem_bytes, stream()>>>(
@@ -615,8 +603,8 @@ void conv2d_backward_input(const ConvShape& p, const float* gy, const float* w, 
           t.iw = (t.tx * kV - 1 + (R - 1) * D) / ST + 2;
           t.iw_pad = (t.iw + 3) / 4 * 4;
           t.smem_bytes = size_t(t.tz) * t.ih * t.iw_pad * sizeof(float);
-          auto k = dw_dgrad_strided_kernel<R, R, ST, D, MASK>;
-          allow_smem(k, t.smem_bytes);
+          constexpr auto k = dw_dgrad_strided_kernel<R, R, ST, D, MASK>;
+          allow_smem<k>(t.smem_bytes, "conv2d backward-input");
           by_images(p, t, [&](int64_t n0, int chunk, unsigned gz) {
             const int64_t in = n0 * p.C * p.H * p.W;
             k<<<dim3(t.gx, t.gy, gz), dim3(t.tx, t.ty, t.tz), t.smem_bytes, stream()>>>(
@@ -661,9 +649,9 @@ void conv2d_backward_weight(const ConvShape& p, const float* x, const float* gy,
         const int tiles = int(t.gx * t.gy), blocks = tiles * int(t.gz);
         const size_t pbytes = size_t(p.C) * blocks * R * R * sizeof(float);
         float* partial = static_cast<float*>(scratch_alloc(pbytes));
-        auto k = dw_wgrad_partial_kernel<R, R, ST, D, RELU>;
+        constexpr auto k = dw_wgrad_partial_kernel<R, R, ST, D, RELU>;
         const size_t smem = t.smem_bytes + size_t(8) * R * R * sizeof(float);  // + red
-        allow_smem(k, smem);
+        allow_smem<k>(smem, "conv2d backward-weight");
         // One grid row per channel, in launches of at most max_grid(1) channels.
         in_grid_chunks(p.C, 1, 1, max_grid(1), "the depthwise weight gradient's channels",
                        [&](int64_t c0, int64_t nc) {

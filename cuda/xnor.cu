@@ -527,12 +527,7 @@ void run_conv(const ConvShape& p, Path path, const float* x, const uint32_t* wb,
   pack_activations(g, x, xb);
   if (path == Path::mma) {
     const size_t smem = mma_smem_bytes(g);
-    static size_t allowed = 48 * 1024;  // the opt-in already granted to the kernel
-    if (smem > allowed) {
-      TNAS_CUDA_CHECK(cudaFuncSetAttribute(
-          xnor_conv_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_optin())));
-      allowed = smem_optin();
-    }
+    allow_smem<xnor_conv_mma_kernel>(smem, "xnor_conv2d");
     const dim3 grid(unsigned(ceil_div(g.M, kBM)), unsigned(ceil_div(g.Kg, kBN)), unsigned(g.G));
     xnor_conv_mma_kernel<<<grid, kThreads, smem, stream()>>>(g, xb, wb, wpre, y);
   } else {
