@@ -81,6 +81,14 @@ void graph_replay(void* g) {
 void graph_destroy(void* g) {
   (void)cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(g));
 }
+// The device's grid limit along y (axis 1) or z (axis 2).
+unsigned query_max_grid(int axis) {
+  int dev = 0, v = 0;
+  TNAS_CUDA_CHECK(cudaGetDevice(&dev));
+  TNAS_CUDA_CHECK(
+      cudaDeviceGetAttribute(&v, axis == 1 ? cudaDevAttrMaxGridDimY : cudaDevAttrMaxGridDimZ, dev));
+  return unsigned(v);
+}
 }  // namespace
 
 cudaStream_t stream() {
@@ -98,12 +106,7 @@ size_t smem_optin() {
 unsigned max_grid(int axis) {
   TNAS_CHECK(axis == 1 || axis == 2, "max_grid: axis 1 (y) or 2 (z), not ", axis);
 #ifdef TNAS_CUDASIM
-  // The simulator's limit may change between calls (CUDASIM_MAX_GRID_YZ): ask every time.
-  int dev = 0, v = 0;
-  TNAS_CUDA_CHECK(cudaGetDevice(&dev));
-  TNAS_CUDA_CHECK(
-      cudaDeviceGetAttribute(&v, axis == 1 ? cudaDevAttrMaxGridDimY : cudaDevAttrMaxGridDimZ, dev));
-  return unsigned(v);
+  return query_max_grid(axis);  // the simulator's limit may change (CUDASIM_MAX_GRID_YZ)
 #else
   return g_max_grid[axis - 1];
 #endif
@@ -163,12 +166,8 @@ extern "C" void tnas_cuda_register() {
   int optin = 0;
   TNAS_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   g_smem_optin = size_t(optin);
-  for (int a = 0; a < 2; ++a) {
-    int v = 0;
-    TNAS_CUDA_CHECK(
-        cudaDeviceGetAttribute(&v, a == 0 ? cudaDevAttrMaxGridDimY : cudaDevAttrMaxGridDimZ, dev));
-    g_max_grid[a] = unsigned(v);
-  }
+  g_max_grid[0] = query_max_grid(1);
+  g_max_grid[1] = query_max_grid(2);
 
   // Never destroyed: tensors with static storage may outlive the CUDA context's users, and
   // cudaFree after the runtime has shut down would only report errors.
