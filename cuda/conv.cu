@@ -29,6 +29,9 @@ namespace tnas::cuda::detail {
 namespace {
 
 constexpr int kV = 4;  // outputs per thread along W in the tiled depthwise kernels
+// Rows of the depthwise weight gradient's block reduction: one per warp of a block of at most
+// 256 threads (its __launch_bounds__), after the input tiles in dynamic shared memory.
+constexpr int kRedRows = 256 / 32;
 
 __host__ __device__ inline int floor_div(int a, int b) {  // b > 0
   return a >= 0 ? a / b : -((-a + b - 1) / b);
@@ -226,11 +229,12 @@ __global__ void __launch_bounds__(256)
     dw_wgrad_partial_kernel(const float* __restrict__ x, const float* __restrict__ gy,
                             float* __restrict__ partial, int N, int C, int H, int W, int P, int Q,
                             int pad, int ih, int iw_pad, int tiles_x, int tiles_y) {
-  // The input tiles, then 8 rows of R*S sums for the block reduction. All of the block's shared
-  // memory is dynamic: a static array would count against the 48 KB a launch may use without
-  // opting in, which allow_smem() (common.cuh) compares the dynamic bytes alone with.
+  // The input tiles, then kRedRows rows of R*S sums for the block reduction (ih * iw_pad is a
+  // multiple of 4). All of the block's shared memory is dynamic: a static array would count
+  // against the 48 KB a launch may use without opting in, which allow_smem() (common.cuh)
+  // compares the dynamic bytes alone with.
   extern __shared__ __align__(16) float smem[];
-  float* red = smem + int(blockDim.z) * ih * iw_pad;  // [8][R * S]; ih * iw_pad is a multiple of 4
+  float* red = smem + int(blockDim.z) * ih * iw_pad;  // [kRedRows][R * S]
   constexpr int NW = ((kV - 1) * ST + (S - 1) * D + 1 + 3) / 4 * 4;
   const int tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
   const int nthreads = blockDim.x * blockDim.y * blockDim.z;
@@ -650,7 +654,7 @@ void conv2d_backward_weight(const ConvShape& p, const float* x, const float* gy,
         const size_t pbytes = size_t(p.C) * blocks * R * R * sizeof(float);
         float* partial = static_cast<float*>(scratch_alloc(pbytes));
         constexpr auto k = dw_wgrad_partial_kernel<R, R, ST, D, RELU>;
-        const size_t smem = t.smem_bytes + size_t(8) * R * R * sizeof(float);  // + red
+        const size_t smem = t.smem_bytes + size_t(kRedRows) * R * R * sizeof(float);
         allow_smem<k>(smem, "conv2d backward-weight");
         // One grid row per channel, in launches of at most max_grid(1) channels.
         in_grid_chunks(p.C, 1, 1, max_grid(1), "the depthwise weight gradient's channels",
