@@ -106,8 +106,7 @@ struct Sched {
   const void* state = nullptr;
   std::exception_ptr error;
   std::vector<unsigned char*> stacks;
-  std::vector<unsigned char> smem;  // dynamic shared memory of the running block
-  size_t smem_bytes = 0;
+  std::vector<unsigned char> smem;  // dynamic shared memory of the running block (cfg.smem bytes)
   std::vector<std::pair<void*, size_t>> shared;  // static __shared__ arrays
   unsigned launch_id = 0;                        // counts launches, for count_static_shared
   size_t static_bytes = 0;                       // static __shared__ bytes the launch uses
@@ -264,7 +263,6 @@ void run_grid(const Config& c) {
   b.threads.resize(size_t(nt));
   b.warps.resize(size_t((nt + 31) / 32));
   s.smem.assign(c.smem + 16, 0);
-  s.smem_bytes = c.smem;
   ++s.launch_id;
   s.static_bytes = 0;
   s.cfg = c;
@@ -496,17 +494,17 @@ void launch_bounds(int max_threads, int min_blocks) {
 uint32_t cvta_shared(const void* p) {
   Sched& s = S();
   const auto* q = static_cast<const unsigned char*>(p);
-  if (q < s.smem.data() || q > s.smem.data() + s.smem_bytes)
+  if (q < s.smem.data() || q > s.smem.data() + s.cfg.smem)
     fail("__cvta_generic_to_shared of a pointer outside the block's dynamic shared memory");
   return uint32_t(q - s.smem.data());
 }
 namespace {
 unsigned char* smem_at(uint32_t addr, size_t bytes, const char* what) {
   Sched& s = S();
-  if (size_t(addr) + bytes > s.smem_bytes || addr % 16) {
+  if (size_t(addr) + bytes > s.cfg.smem || addr % 16) {
     std::ostringstream os;
     os << what << ": shared address " << addr << " (+" << bytes << " bytes) is misaligned or "
-       << "outside the " << s.smem_bytes << " bytes of dynamic shared memory";
+       << "outside the " << s.cfg.smem << " bytes of dynamic shared memory";
     fail(os.str());
   }
   return s.smem.data() + addr;
