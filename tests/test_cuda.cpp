@@ -214,12 +214,8 @@ TEST_CASE("cuda: depthwise and dilated depthwise conv, every kernel size / strid
 
 // Lowers the simulator's grid limit along y and z for a scope (CUDASIM_MAX_GRID_YZ; a GPU
 // ignores it, and the cases under it run unsplit there).
-class GridLimitScope {
- public:
-  explicit GridLimitScope(const char* limit) { setenv("CUDASIM_MAX_GRID_YZ", limit, 1); }
-  ~GridLimitScope() { unsetenv("CUDASIM_MAX_GRID_YZ"); }
-  GridLimitScope(const GridLimitScope&) = delete;
-  GridLimitScope& operator=(const GridLimitScope&) = delete;
+struct GridLimitScope : testing::EnvScope {
+  explicit GridLimitScope(const char* limit) : EnvScope("CUDASIM_MAX_GRID_YZ", limit) {}
 };
 
 TEST_CASE("cuda: depthwise convs split to fit the grid, past 48 KB of shared memory, and empty") {

@@ -38,16 +38,8 @@ bool have_gpu() {
   } while (0)
 
 // Sets TNAS_XNOR_PATH for the scope (nullptr: unset, the kernels choose).
-struct PathScope {
-  explicit PathScope(const char* path) {
-    if (path)
-      setenv("TNAS_XNOR_PATH", path, 1);
-    else
-      unsetenv("TNAS_XNOR_PATH");
-  }
-  ~PathScope() { unsetenv("TNAS_XNOR_PATH"); }
-  PathScope(const PathScope&) = delete;
-  PathScope& operator=(const PathScope&) = delete;
+struct PathScope : testing::EnvScope {
+  explicit PathScope(const char* path) : EnvScope("TNAS_XNOR_PATH", path) {}
 };
 
 const char* const kPaths[] = {"simt", "mma", nullptr};

@@ -3,6 +3,8 @@
 
 #include <doctest/doctest.h>
 
+#include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,6 +14,29 @@
 #include "tnas/data/dataset.hpp"
 
 namespace tnas::testing {
+
+// Sets the environment variable `name` to `value` (nullptr: unsets it) for a scope, and gives
+// back what it was before (scopes nest).
+class EnvScope {
+ public:
+  EnvScope(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    set(value);
+  }
+  ~EnvScope() { set(old_ ? old_->c_str() : nullptr); }
+  EnvScope(const EnvScope&) = delete;
+  EnvScope& operator=(const EnvScope&) = delete;
+
+ private:
+  void set(const char* value) {
+    if (value)
+      setenv(name_.c_str(), value, 1);
+    else
+      unsetenv(name_.c_str());
+  }
+  std::string name_;
+  std::optional<std::string> old_;
+};
 
 // A float64 leaf with normal(0, 1) values that requires grad.
 inline Tensor param(const Shape& s, Rng& rng, double stddev = 1.0) {
