@@ -41,6 +41,12 @@ cudaError_t g_last = cudaSuccess;
 bool in_device_memory(const void* p) {
   return find_allocation(p) != nullptr;
 }
+bool device_allocation(const void* p, uintptr_t& lo, size_t& bytes) {
+  const auto* a = find_allocation(p);
+  if (!a || reinterpret_cast<uintptr_t>(p) == a->first + a->second) return false;
+  lo = a->first, bytes = a->second;
+  return true;
+}
 bool is_device(const void* p, size_t bytes) {
   const auto* a = find_allocation(p);
   return a && reinterpret_cast<uintptr_t>(p) + bytes <= a->first + a->second;

@@ -194,6 +194,9 @@ void ensure_stacks(size_t n) {
 }
 
 void perform(const Copy& c) {
+  const int tid = S().cur->linear;
+  race::note(c.src, size_t(c.bytes), race::Kind::read, tid, race::Tag::cp_async);
+  race::note(c.dst, 16, race::Kind::write, tid, race::Tag::cp_async);
   std::memcpy(c.dst, c.src, size_t(c.bytes));
   std::memset(c.dst + c.bytes, 0, size_t(16 - c.bytes));
 }
@@ -219,6 +222,7 @@ void thread_exit(SimThread& t) {
     s.error = std::make_exception_ptr(tnas::Error("cudasim: " + os.str()));
   }
   if (b.arrived > 0 && b.arrived == b.live) {  // exited threads count as arrived
+    race::barrier();
     for (auto& o : b.threads)
       if (o.state == SimThread::at_barrier) o.state = SimThread::ready;
     b.arrived = 0;
@@ -247,6 +251,11 @@ struct Stats {
                  "cudasim: %llu launches, %llu blocks, %llu threads, %llu thread switches\n",
                  (unsigned long long)launches, (unsigned long long)blocks,
                  (unsigned long long)threads, (unsigned long long)switches);
+    if (race::g_enabled)
+      std::fprintf(stderr,
+                   "cudasim: racecheck: %llu accesses checked, %llu pages (4 KiB) of device "
+                   "memory shadowed\n",
+                   (unsigned long long)race::g_checked, (unsigned long long)race::g_pages);
   }
   ~Stats() {
     if (on) print();
@@ -268,8 +277,13 @@ void run_grid(const Config& c) {
   s.cfg = c;
   s.error = nullptr;
   s.in_kernel = true;
+  race::launch_begin(s.smem.data(), s.smem.size(), c);
   struct Done {
-    ~Done() { S().in_kernel = false; }
+    ~Done() {
+      S().in_kernel = false;
+      race::running(-1);
+      race::launch_end();
+    }
   } done;
   for (unsigned bz = 0; bz < c.grid.z; ++bz)
     for (unsigned by = 0; by < c.grid.y; ++by)
@@ -297,6 +311,7 @@ void run_grid(const Config& c) {
         }
         b.live = nt;
         b.arrived = 0;
+        race::block_begin(bx, by, bz, b.warps.size());
         ++g_stats.blocks;
         g_stats.threads += uint64_t(nt);
         for (;;) {
@@ -306,7 +321,9 @@ void run_grid(const Config& c) {
             if (t.state != SimThread::ready) continue;
             s.cur = &t;
             ++g_stats.switches;
+            race::running(t.linear, t.stack, kStackBytes);
             switch_to(t);
+            race::running(-1);
             s.cur = nullptr;
             ran = true;
             if (s.error) std::rethrow_exception(s.error);
@@ -314,6 +331,7 @@ void run_grid(const Config& c) {
           if (b.live == 0) break;
           if (!ran) fail(describe_deadlock(b));
         }
+        race::block_end();
       }
 }
 
@@ -396,11 +414,12 @@ void register_shared(void* p, size_t bytes) {
   S().shared.emplace_back(p, bytes);
   std::memset(p, 0xff, bytes);
 }
-void count_static_shared(unsigned& seen, size_t bytes) {
+void count_static_shared(unsigned& seen, void* p, size_t bytes) {
   Sched& s = S();
   if (!s.cur || seen == s.launch_id) return;
   seen = s.launch_id;
   s.static_bytes += bytes;
+  race::use_static(p, bytes);
   // A device counts static and dynamic shared memory together: within 48 KiB, or, once
   // cudaFuncSetAttribute raised the dynamic limit, static plus that limit within the opt-in.
   const Config& c = s.cfg;
@@ -420,6 +439,7 @@ void syncthreads() {
   if (!s.cur) fail("__syncthreads outside a kernel");
   Block& b = s.block;
   if (++b.arrived == b.live) {
+    race::barrier();
     for (auto& t : b.threads)
       if (t.state == SimThread::at_barrier) t.state = SimThread::ready;
     b.arrived = 0;
@@ -461,6 +481,7 @@ void warp_collective(unsigned mask, Collective op, const void* in, size_t in_byt
   w.arrived |= 1u << t.lane;
   if (w.arrived == mask) {
     op(w.in[buf], w.out[buf], mask);
+    race::collective(t.warp, mask);
     ++w.gen;
     w.arrived = 0;
     for (int l = 0; l < 32; ++l)
@@ -538,6 +559,13 @@ namespace {
 void ldmatrix_op(const unsigned char (*in)[kSlot], unsigned char (*out)[kSlot], unsigned) {
   // x4: lanes 8i..8i+7 give the row addresses of matrix i (8 rows of 16 bytes); lane l gets,
   // of every matrix, the 32-bit word (l & 3) of row (l >> 2).
+  const int warp = S().cur->warp;
+  for (int l = 0; l < 32; ++l) {  // what the race checker sees: lane l reads its row
+    uint32_t row;
+    std::memcpy(&row, in[l], 4);
+    race::note(smem_at(row, 16, "ldmatrix"), 16, race::Kind::read, warp * 32 + l,
+               race::Tag::ldmatrix);
+  }
   for (int l = 0; l < 32; ++l)
     for (int i = 0; i < 4; ++i) {
       uint32_t row;

@@ -14,14 +14,17 @@
 // copies whose direction does not match their pointers, threads that deadlock at a barrier or
 // a warp-collective whose mask names an exited lane, cp.async data read before it was waited
 // for (copies land at the latest moment the PTX rules allow), and uninitialised device or
-// shared memory (both are filled with NaN bytes). What it cannot check: timing, memory
-// coalescing, races inside one barrier interval (run with CUDASIM_ORDER=reverse to execute
-// the threads of every interval in the opposite order), and floating-point contraction.
+// shared memory (both are filled with NaN bytes). In its race-checking build
+// (tnas_cudasim_race, racecheck.cpp), data races: two accesses to one byte, at least one a
+// write, by threads of a block with no barrier (or, in one warp, no warp operation) between,
+// in shared or device memory, or by two blocks of a launch in device memory. What it cannot
+// check: timing, memory coalescing, and floating-point contraction.
 //
-// Environment: CUDASIM_ORDER=reverse (above); CUDASIM_DEVICES=0 (a machine without a GPU);
-// CUDASIM_VERBOSE=1 (why a launch was refused, on stderr); CUDASIM_STATS=1 (launch, block,
-// thread and thread-switch counts on stderr); CUDASIM_NO_CUDNN=1 (cudnnCreate fails, as a
-// cuDNN that cannot start).
+// Environment: CUDASIM_ORDER=reverse (the threads of every barrier interval run in the
+// opposite order); CUDASIM_RACECHECK=0 (no race checking) or =shared (shared memory only);
+// CUDASIM_DEVICES=0 (a machine without a GPU); CUDASIM_VERBOSE=1 (why a launch was refused, on
+// stderr); CUDASIM_STATS=1 (launch, block, thread, thread-switch and checked-access counts on
+// stderr); CUDASIM_NO_CUDNN=1 (cudnnCreate fails, as a cuDNN that cannot start).
 #pragma once
 
 // <math.h>, not <cmath>: CUDA puts the float and double overloads of exp, log, ... in the
@@ -155,14 +158,14 @@ T* dynamic_shared() {
 // Its size counts, once per launch (`seen` holds the last launch that counted it), against
 // the shared memory the launch may use with its dynamic shared memory.
 void register_shared(void* p, size_t bytes);
-void count_static_shared(unsigned& seen, size_t bytes);
+void count_static_shared(unsigned& seen, void* p, size_t bytes);
 template <class A, int Line>
 A& block_shared() {
   alignas(16) static A a;
   static const bool registered = (register_shared(&a, sizeof a), true);
   (void)registered;
   static unsigned seen = 0;
-  count_static_shared(seen, sizeof a);
+  count_static_shared(seen, &a, sizeof a);
   return a;
 }
 
@@ -321,16 +324,33 @@ template <class T>
 inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int /*width*/ = 32) {
   return ::cudasim::collective(mask, ::cudasim::detail::shfl_op<T, true>, v, int(delta));
 }
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  const unsigned char in = 0;
+  unsigned char out;
+  ::cudasim::warp_collective(
+      mask,
+      [](const unsigned char(*)[::cudasim::kSlot], unsigned char(*)[::cudasim::kSlot], unsigned) {},
+      &in, 1, &out, 1);
+}
 inline unsigned __ballot_sync(unsigned mask, int pred) {
   const unsigned char in = pred != 0;
   unsigned r;
   ::cudasim::warp_collective(mask, ::cudasim::detail::ballot_op, &in, 1, &r, sizeof r);
   return r;
 }
+namespace cudasim {
+// The race checker (racecheck.cpp) counts what lies between these as one atomic access, not
+// as the read and the write it is made of. Whether it runs: racecheck_enabled().
+void atomic_begin(const void* p, size_t bytes);
+void atomic_end();
+bool racecheck_enabled();
+}  // namespace cudasim
 // One fiber runs at a time, so atomics are plain read-modify-writes.
 template <class T>
 inline T atomicAdd(T* p, T v) {
+  ::cudasim::atomic_begin(p, sizeof(T));
   const T old = *p;
   *p = old + v;
+  ::cudasim::atomic_end();
   return old;
 }

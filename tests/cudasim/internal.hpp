@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -22,6 +23,8 @@ constexpr int kSms = 132;
 // Device memory (cuda_api.cpp): whether p lies in (or one past the end of) a cudaMalloc
 // block, and whether all of [p, p + bytes) does.
 bool in_device_memory(const void* p);
+// The cudaMalloc block p lies in: its start and size.
+bool device_allocation(const void* p, uintptr_t& lo, size_t& bytes);
 bool is_device(const void* p, size_t bytes);
 // Sets the last error (cudaGetLastError) when e is one; returns e.
 cudaError_t record(cudaError_t e);
@@ -31,6 +34,34 @@ size_t smem_limit(const void* fn);
 // The grid limit along y and z: 65535, or CUDASIM_MAX_GRID_YZ (read at every call) to test
 // launches that split their work to fit it.
 unsigned max_grid_yz();
+
+// ---- the race checker (racecheck.cpp) ----------------------------------------------------------
+// Off unless the kernels were built with the compiler's ThreadSanitizer instrumentation
+// (tnas_cudasim_race: its __tsan_init calls enable()) and CUDASIM_RACECHECK is not 0. The
+// scheduler tells it what runs: the launch's shared memory, blocks, barriers, the warps'
+// collective operations and the running thread; every call returns at once when it is off.
+namespace race {
+enum class Kind { read, write, atomic };
+enum class Tag { ldmatrix, cp_async };
+extern bool g_enabled;
+extern bool g_active;       // enabled, and a simulated thread runs
+extern uint64_t g_checked;  // accesses checked (CUDASIM_STATS)
+extern uint64_t g_pages;    // pages of device memory with a shadow (CUDASIM_STATS)
+void enable();
+void launch_begin(unsigned char* dynamic, size_t bytes, const Config& c);
+void use_static(void* p, size_t bytes);  // a static __shared__ array the launch uses
+void block_begin(unsigned bx, unsigned by, unsigned bz, size_t warps);
+void barrier();                            // a __syncthreads completed
+void collective(int warp, unsigned mask);  // a warp-collective operation completed
+// The thread that runs now (-1: none) and its stack (whose accesses are its own).
+void running(int tid, const void* stack = nullptr, size_t stack_bytes = 0);
+void block_end();  // throws the block's first hazard, if any
+void launch_end();
+// An access by the running thread; `pc` is the code address that made it.
+void access(const void* p, size_t n, Kind k, const void* pc);
+// An access the simulator makes for thread `tid` (ldmatrix, cp.async).
+void note(const void* p, size_t n, Kind k, int tid, Tag tag);
+}  // namespace race
 
 // ---- streams and graphs ----------------------------------------------------------------------
 // Work on a stream runs at once, or is recorded (an OpList) while the stream is captured.

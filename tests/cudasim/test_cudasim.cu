@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <random>
@@ -34,7 +35,7 @@ bool throws_with(const std::function<void()>& f, const std::string& part) {
     f();
   } catch (const tnas::Error& e) {
     const bool ok = std::string(e.what()).find(part) != std::string::npos;
-    if (!ok) MESSAGE("error message '", e.what(), "' lacks '", part, "'");
+    if (!ok) std::fprintf(stderr, "error message '%s' lacks '%s'\n", e.what(), part.c_str());
     return ok;
   }
   return false;
@@ -58,7 +59,7 @@ __global__ void reverse_kernel(const float* in, float* out) {
 
 __global__ void read_shared_first_kernel(float* out) {
   __shared__ float s[4];
-  out[blockIdx.x] = s[threadIdx.x];  // never written in this block
+  out[blockIdx.x * 4 + threadIdx.x] = s[threadIdx.x];  // never written in this block
   __syncthreads();
   s[threadIdx.x] = 1.f;
 }
@@ -111,8 +112,67 @@ __global__ void misaligned_cp_async_kernel(const float* src) {
 __global__ void __launch_bounds__(64) bounded_kernel(float* p) {
   p[threadIdx.x] = 1.f;
 }
-__global__ void touch_kernel(float* p) {
-  p[threadIdx.x] = 1.f;
+__global__ void touch_kernel(float* p) {  // (grids of one block, or of 1 x 1 x up to 4)
+  p[blockIdx.z * blockDim.x + threadIdx.x] = 1.f;
+}
+
+// The race checker's cases (each a block of 64 threads, two warps, over s[64]; block b writes
+// out[64 b + t], and the cp.async cases copy from out[128, 132)).
+enum class Race {
+  raw,           // thread t writes s[t] and reads s[t - 1]: read-after-write
+  waw,           // every thread writes s[0]
+  warp_unsync,   // lanes write s[lane], then read s[lane ^ 1], with no warp operation between
+  warp_shfl,     // the same, with a shuffle between: ordered within the warp
+  warp_sync,     // the same, with __syncwarp between
+  cross_warp,    // warp 1 reads what warp 0 wrote, with only a (warp 0) shuffle between
+  atomics,       // every thread atomicAdds to s[0]; a barrier; every thread reads it
+  atomic_read,   // the same without the barrier: a plain read of what other threads update
+  barrier,       // thread t writes s[t], a barrier, reads s[63 - t]
+  cp_async,      // thread 0's cp.async lands in s[0..3]; thread 1 reads s[0] (no barrier)
+  cp_async_bar,  // the same with a barrier between
+  blocks         // device memory: both blocks write out[t]
+};
+template <Race R>
+__global__ void race_kernel(float* out) {
+  extern __shared__ __align__(16) float s[];
+  const int t = threadIdx.x, lane = t & 31;
+  float v = 0.f;
+  if (R == Race::raw) {
+    s[t] = float(t);
+    v = s[t > 0 ? t - 1 : 0];
+  } else if (R == Race::waw) {
+    s[0] = float(t);
+  } else if (R == Race::warp_unsync || R == Race::warp_shfl || R == Race::warp_sync) {
+    s[t] = float(t);
+    if (R == Race::warp_shfl) v = float(__shfl_xor_sync(0xffffffffu, t, 1));
+    if (R == Race::warp_sync) __syncwarp();
+    v += s[(t & ~31) | (lane ^ 1)];
+  } else if (R == Race::cross_warp) {
+    if (t == 0) s[0] = 1.f;
+    if (t < 32) v = float(__shfl_xor_sync(0xffffffffu, t, 1));
+    if (t == 32) v += s[0];
+  } else if (R == Race::atomics || R == Race::atomic_read) {
+    if (t == 0) s[0] = 0.f;
+    __syncthreads();
+    atomicAdd(&s[0], 1.f);
+    if (R == Race::atomics) __syncthreads();
+    v = s[0];
+  } else if (R == Race::barrier) {
+    s[t] = float(t);
+    __syncthreads();
+    v = s[63 - t];
+  } else if (R == Race::blocks) {
+    v = 1.f;
+  } else {
+    if (t == 0) {
+      cudasim::cp_async16(uint32_t(__cvta_generic_to_shared(s)), out + 128, 16);
+      cudasim::cp_async_commit();
+      cudasim::cp_async_wait(0);
+    }
+    if (R == Race::cp_async_bar) __syncthreads();
+    if (t == 1) v = s[0];
+  }
+  out[(R == Race::blocks ? 0 : 64 * blockIdx.x) + t] = v;
 }
 
 // cp.async: a copy lands at the wait that covers its group, not before.
@@ -190,14 +250,19 @@ TEST_CASE("cudasim: shared memory, barriers, and memory that nobody wrote") {
   for (int b = 0; b < 2; ++b)
     for (int t = 0; t < 64; ++t) CHECK(r[size_t(b * 64 + t)] == float(b * 64 + 63 - t));
   // Without the barrier, the first threads read slots later threads have not written yet:
-  // NaN, since shared memory starts every block as NaN bytes.
-  reverse_kernel<false><<<2, 64>>>(in, out);
-  r = to_host(out, 128);
-  CHECK(std::isnan(r[0]));
-  CHECK(std::isnan(r[64]));
+  // NaN, since shared memory starts every block as NaN bytes (and the race checker, where it
+  // is built, reports the hazard).
+  if (cudasim::racecheck_enabled()) {
+    CHECK(throws_with([&] { reverse_kernel<false><<<2, 64>>>(in, out); }, "write-after-read"));
+  } else {
+    reverse_kernel<false><<<2, 64>>>(in, out);
+    r = to_host(out, 128);
+    CHECK(std::isnan(r[0]));
+    CHECK(std::isnan(r[64]));
+  }
   // ... also in a later block, after an earlier block wrote the same array.
   read_shared_first_kernel<<<3, 4>>>(out);
-  r = to_host(out, 3);
+  r = to_host(out, 12);
   for (float v : r) CHECK(std::isnan(v));
   // fresh device memory is NaN too
   float* fresh = dev_alloc<float>(4);
@@ -292,6 +357,55 @@ TEST_CASE("cudasim: launch limits") {
   CHECK(throws_with([&] { bounded_kernel<<<1, dim3(8, 4, 3)>>>(d); },
                     "threads for a kernel declared"));
   cudaFree(d);
+}
+
+TEST_CASE("cudasim: the race checker reports shared-memory hazards, not ordered accesses") {
+  if (!cudasim::racecheck_enabled()) {
+    MESSAGE(
+        "skipped: this build of the simulator has no race checker (the compiler cannot "
+        "instrument the kernels, or CUDASIM_RACECHECK=0)");
+    return;
+  }
+  float* out = dev_alloc<float>(128 + 4);
+  const std::vector<float> zeros(128 + 4, 0.f);
+  cudaMemcpy(out, zeros.data(), zeros.size() * sizeof(float), cudaMemcpyHostToDevice);
+  const size_t smem = 64 * sizeof(float);
+  auto ok = [&](auto kernel) {
+    kernel<<<2, 64, smem>>>(out);
+    return cudaGetLastError() == cudaSuccess;
+  };
+  CHECK(throws_with([&] { race_kernel<Race::raw><<<2, 64, smem>>>(out); },
+                    "read-after-write hazard on byte 0 of the dynamic shared memory, block (0, 0, "
+                    "0) of a launch of grid 2x1x1, block 64x1x1: thread 0 (warp 0, lane 0) wrote "
+                    "it at "));
+  CHECK(throws_with([&] { race_kernel<Race::raw><<<2, 64, smem>>>(out); },
+                    "then thread 1 (warp 0, lane 1) read it at"));
+  CHECK(throws_with([&] { race_kernel<Race::waw><<<2, 64, smem>>>(out); },
+                    "write-after-write hazard"));
+  CHECK(throws_with([&] { race_kernel<Race::warp_unsync><<<2, 64, smem>>>(out); }, "hazard"));
+  CHECK(ok(race_kernel<Race::warp_shfl>));
+  CHECK(ok(race_kernel<Race::warp_sync>));
+  CHECK(throws_with([&] { race_kernel<Race::cross_warp><<<2, 64, smem>>>(out); },
+                    "read-after-write hazard"));
+  CHECK(ok(race_kernel<Race::atomics>));
+  CHECK(to_host(out, 64)[5] == 64.f);
+  CHECK(throws_with([&] { race_kernel<Race::atomic_read><<<2, 64, smem>>>(out); },
+                    "updated (atomically) it at"));
+  CHECK(ok(race_kernel<Race::barrier>));
+  CHECK(throws_with([&] { race_kernel<Race::cp_async><<<2, 64, smem>>>(out); },
+                    "thread 0 (warp 0, lane 0) wrote it at a cp.async copy, then thread 1"));
+  CHECK(ok(race_kernel<Race::cp_async_bar>));
+  // Device memory: accesses by different blocks of a launch are never ordered.
+  CHECK(throws_with([&] { race_kernel<Race::blocks><<<2, 64, smem>>>(out); },
+                    "write-after-write hazard on device memory (address"));
+  CHECK(throws_with([&] { race_kernel<Race::blocks><<<2, 64, smem>>>(out); },
+                    "thread 0 (warp 0, lane 0) of block (0, 0, 0) wrote it at"));
+  CHECK(throws_with([&] { race_kernel<Race::blocks><<<2, 64, smem>>>(out); },
+                    "in the same launch (blocks are not ordered)"));
+  // Every hazard is counted, the first one described.
+  CHECK(throws_with([&] { race_kernel<Race::waw><<<2, 64, smem>>>(out); },
+                    "more accesses with a hazard in the block)"));
+  cudaFree(out);
 }
 
 TEST_CASE("cudasim: cp.async lands at its wait; 8 bytes zero-fill the rest") {

@@ -1,0 +1,429 @@
+// cudasim's race checker: data races between the threads of a launch, found on every machine
+// the way compute-sanitizer's racecheck finds shared-memory hazards on a device (and, beyond
+// it, races in device memory).
+//
+// How the accesses are seen: the race-checking build of the simulator (tnas_cudasim_race)
+// compiles the translated kernels with GCC's (or Clang's) ThreadSanitizer instrumentation but
+// links no ThreadSanitizer runtime. The compiler then calls __tsan_read4(p), __tsan_write16(p),
+// ... before every load and store; tsan_hooks.cpp defines those functions and passes them here.
+// (The Linux kernel's KCSAN uses the same instrumentation with its own runtime.) The accesses
+// the compiler does not see are reported by the simulator itself: cp.async copies as they land,
+// ldmatrix reads, and atomicAdd, whose plain read-modify-write is marked atomic.
+//
+// The rule: two accesses to the same byte, at least one a write (an atomic counts as a write,
+// but two atomics do not conflict), are a data race
+//  - by two threads of a block, in shared or device memory, unless a __syncthreads lies between
+//    them, or both are lanes of one warp and a warp-collective operation (__shfl_*_sync,
+//    __ballot_sync, __syncwarp, ldmatrix, mma) that both took part in lies between them;
+//  - by threads of two blocks of one launch, in device memory (blocks are never ordered).
+// Accesses in different launches are ordered (one stream). Every byte's shadow keeps the last
+// write and the reads since it (one reader, or "several" and their warp and block), with the
+// barrier interval (an "epoch" counted over the whole run, so no shadow is ever cleared), the
+// launch and block, and the warp's collective count at the access. A thread's own stack is not
+// checked.
+//
+// A race is reported as a tnas::Error when its block ends: the first one found, with both
+// accesses, the threads that made them and where in the source (addr2line, from binutils,
+// turns the code addresses into file:line when it is installed), and how many more there were.
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "internal.hpp"
+
+namespace cudasim::race {
+
+bool g_enabled = false;
+bool g_active = false;
+bool g_device = true;  // device memory too (CUDASIM_RACECHECK=shared: shared memory only)
+uint64_t g_checked = 0;
+uint64_t g_pages = 0;
+
+namespace {
+
+constexpr int32_t kNone = -1, kMany = -2;
+
+// One byte's accesses: the last write, and the reads since it.
+struct Cell {
+  uint64_t w_epoch = 0, r_epoch = 0;  // barrier interval (unique over the run)
+  const void* w_pc = nullptr;
+  const void* r_pc = nullptr;
+  uint32_t w_launch = 0, r_launch = 0;       // global memory: the launch ...
+  int32_t w_block = kNone, r_block = kNone;  // ... and its block (r: kMany for several)
+  int32_t w_tid = kNone, r_tid = kNone;      // thread in the block (r: kMany for several)
+  uint32_t w_seq = 0, r_seq = 0;             // the warp's collective count at the access
+  int32_t r_warp = kNone;  // the readers' warp; kMany when they are in different warps
+  bool w_atomic = false;
+};
+
+struct Region {
+  unsigned char* lo = nullptr;
+  size_t n = 0;
+  std::vector<Cell> cells;
+  std::string name;
+};
+
+// A warp's completed collective operations in the current barrier interval: (count, lanes).
+struct WarpSync {
+  uint32_t seq = 0;
+  std::vector<std::pair<uint32_t, unsigned>> done;
+};
+
+// The tags that stand for the code address of an access the simulator reports itself.
+const char kLdmatrix = 0, kCpAsync = 0;
+
+// Global (device) memory's shadow: pages of cells, made when a kernel first touches them, up
+// to kMaxPages (about 2.3 GiB of shadow for 32 MiB of device memory); device memory past that
+// is not checked, and a line on stderr says so.
+constexpr int kPageBits = 12;
+constexpr size_t kPage = size_t(1) << kPageBits;
+constexpr uint64_t kMaxPages = 8192;
+
+struct State {
+  Region dynamic;
+  std::vector<Region> statics;  // every static __shared__ array seen, kept across launches
+  std::vector<Region*> active;  // the running launch's shared memory
+  std::unordered_map<uintptr_t, std::unique_ptr<Cell[]>> pages;
+  uintptr_t last_page = ~uintptr_t(0);
+  Cell* last_cells = nullptr;
+  uintptr_t dev_lo = 0, dev_hi = 0;         // the device allocation last accessed
+  const unsigned char* stack_lo = nullptr;  // the running thread's stack
+  const unsigned char* stack_hi = nullptr;
+  uint64_t epoch = 1;
+  uint32_t launch = 0;
+  int32_t block = 0;  // linear index of the running block
+  std::vector<WarpSync> warps;
+  int tid = kNone;  // the running thread (linear index in its block)
+  bool in_atomic = false;
+  unsigned bx = 0, by = 0, bz = 0;
+  Config cfg;
+  uint64_t hazards = 0;  // accesses that found a hazard, in the running block
+  bool hit = false;      // the access being checked found one
+  std::string first;
+};
+State& R() {
+  static State s;
+  return s;
+}
+
+// Whether a warp-collective operation that both lane a and lane b took part in completed after
+// the access made at collective count `seq` (all lanes of the warp, if b is kMany).
+bool warp_ordered(int warp, uint32_t seq, int lane_a, int lane_b) {
+  const WarpSync& w = R().warps[size_t(warp)];
+  for (auto it = w.done.rbegin(); it != w.done.rend() && it->first > seq; ++it) {
+    const unsigned m = it->second;
+    if ((m >> lane_a & 1) && (lane_b == kMany ? m == 0xffffffffu : (m >> lane_b & 1) != 0))
+      return true;
+  }
+  return false;
+}
+
+std::string site(const void* pc) {
+  if (pc == &kLdmatrix) return "ldmatrix";
+  if (pc == &kCpAsync) return "a cp.async copy";
+  if (!pc) return "?";
+  std::ostringstream os;
+  os << pc;
+  Dl_info info;
+  if (!dladdr(pc, &info) || !info.dli_fbase) return os.str();
+  // pc is a return address: the access is the call just before it.
+  const uintptr_t off =
+      reinterpret_cast<uintptr_t>(pc) - reinterpret_cast<uintptr_t>(info.dli_fbase) - 1;
+  char exe[4096];
+  std::string file = info.dli_fname ? info.dli_fname : "";
+  const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n > 0 && (file.empty() || file.find('/') == std::string::npos)) file.assign(exe, size_t(n));
+  std::ostringstream cmd;
+  cmd << "addr2line -C -f -e '" << file << "' 0x" << std::hex << off << " 2>/dev/null";
+  if (FILE* f = popen(cmd.str().c_str(), "r")) {
+    char fn[1024] = {}, loc[1024] = {};
+    const bool ok = std::fgets(fn, sizeof fn, f) && std::fgets(loc, sizeof loc, f);
+    pclose(f);
+    if (ok && loc[0] != '?') {
+      std::string a(fn), b(loc);
+      a.erase(a.find_last_not_of('\n') + 1);
+      b.erase(b.find_last_not_of('\n') + 1);
+      return b + " (" + a + ")";
+    }
+  }
+  return os.str();
+}
+
+std::string who(int32_t block, int32_t tid) {
+  const State& s = R();
+  std::ostringstream os;
+  if (block == kMany) return "threads of several blocks";
+  if (tid == kMany) return "several threads";
+  os << "thread " << tid << " (warp " << tid / 32 << ", lane " << tid % 32 << ")";
+  if (block != s.block) {
+    const int gx = int(s.cfg.grid.x), gy = int(s.cfg.grid.y);
+    os << " of block (" << block % gx << ", " << block / gx % gy << ", " << block / (gx * gy)
+       << ")";
+  }
+  return os.str();
+}
+
+const char* did(Kind k) {
+  return k == Kind::read ? "read" : k == Kind::write ? "wrote" : "updated (atomically)";
+}
+
+// A hazard on cell c (byte `off` of region r, or, with r null, the device byte at `addr`):
+// the earlier access (block_a, tid_a, kind_a at pc_a) and the running thread's (k at pc).
+void hazard(const char* kind, const Region* r, size_t off, const void* addr, int32_t block_a,
+            int32_t tid_a, Kind kind_a, const void* pc_a, Kind k, const void* pc) {
+  State& s = R();
+  if (s.hit) return;
+  s.hit = true;
+  if (s.hazards) return;
+  std::ostringstream os;
+  os << "racecheck: " << kind << " hazard on ";
+  if (r)
+    os << "byte " << off << " of " << r->name;
+  else
+    os << "device memory (address " << addr << ")";
+  os << ", block (" << s.bx << ", " << s.by << ", " << s.bz << ") of a launch of grid "
+     << s.cfg.grid.x << "x" << s.cfg.grid.y << "x" << s.cfg.grid.z << ", block " << s.cfg.block.x
+     << "x" << s.cfg.block.y << "x" << s.cfg.block.z << ": " << who(block_a, tid_a) << " "
+     << did(kind_a) << " it at " << site(pc_a) << ", then " << who(s.block, s.tid) << " " << did(k)
+     << " it at " << site(pc);
+  if (block_a == s.block)
+    os << ", with no __syncthreads (or, within a warp, no warp-collective operation) between";
+  else
+    os << ", in the same launch (blocks are not ordered)";
+  s.first = os.str();
+}
+
+// Checks the running thread's access k to cell c, then records it. `global`: device memory,
+// where threads of other blocks of the launch conflict too.
+void check(Cell& c, bool global, const Region* r, size_t off, const void* addr, Kind k,
+           const void* pc) {
+  State& s = R();
+  const int tid = s.tid, warp = tid / 32, lane = tid % 32;
+  const int32_t block = s.block;
+  const uint32_t seq = s.warps[size_t(warp)].seq;
+  const uint64_t e = s.epoch;
+  const uint32_t L = s.launch;
+  // The last write: in this barrier interval, by another thread and not ordered by their warp;
+  // or (device memory) by another block of the launch.
+  const bool w_same = c.w_epoch == e && c.w_tid != tid &&
+                      !(c.w_tid / 32 == warp && warp_ordered(warp, c.w_seq, c.w_tid % 32, lane));
+  const bool w_other = global && c.w_launch == L && c.w_block != block;
+  if ((w_same || w_other) && !(k == Kind::atomic && c.w_atomic))
+    hazard(k == Kind::read ? "read-after-write" : "write-after-write", r, off, addr, c.w_block,
+           c.w_tid, c.w_atomic ? Kind::atomic : Kind::write, c.w_pc, k, pc);
+  const bool r_fresh = c.r_epoch == e || (global && c.r_launch == L && c.r_block != block);
+  if (k != Kind::read) {
+    // The reads since: by another thread in this interval, not ordered by the warp; or by
+    // another block of the launch.
+    const bool r_same =
+        c.r_epoch == e && c.r_block == block && c.r_tid != tid &&
+        !(c.r_warp == warp &&
+          warp_ordered(warp, c.r_seq, lane, c.r_tid == kMany ? kMany : c.r_tid % 32));
+    const bool r_other = global && c.r_launch == L && c.r_block != block;
+    if (r_same || r_other)
+      hazard("write-after-read", r, off, addr, c.r_block, c.r_tid, Kind::read, c.r_pc, k, pc);
+    c.w_epoch = e;
+    c.w_launch = L;
+    c.w_block = block;
+    c.w_tid = tid;
+    c.w_seq = seq;
+    c.w_pc = pc;
+    c.w_atomic = k == Kind::atomic;
+    return;
+  }
+  if (!r_fresh) {  // the first read of this interval (and, in device memory, of the launch)
+    c.r_epoch = e;
+    c.r_launch = L;
+    c.r_block = block;
+    c.r_tid = tid;
+    c.r_warp = warp;
+  } else if (c.r_block != block) {  // device memory read by several blocks
+    c.r_block = kMany;
+    c.r_tid = kMany;
+  } else if (c.r_epoch != e) {  // this block's reads of an earlier interval: ordered
+    c.r_epoch = e;
+    c.r_tid = tid;
+    c.r_warp = warp;
+  } else if (c.r_tid != tid) {
+    c.r_tid = kMany;
+    if (c.r_warp != warp) c.r_warp = kMany;
+  }
+  c.r_seq = seq;  // the latest read: a later write must be ordered after it
+  c.r_pc = pc;
+}
+
+Cell* global_cells(uintptr_t page) {
+  State& s = R();
+  if (page == s.last_page) return s.last_cells;
+  auto it = s.pages.find(page);
+  if (it == s.pages.end()) {
+    if (g_pages == kMaxPages) {
+      static const bool said = (std::fprintf(stderr,
+                                             "cudasim: racecheck: %llu pages of device memory "
+                                             "have a shadow; the rest is not checked\n",
+                                             (unsigned long long)kMaxPages),
+                                true);
+      (void)said;
+      return nullptr;
+    }
+    it = s.pages.emplace(page, std::make_unique<Cell[]>(kPage)).first;
+    ++g_pages;
+  }
+  auto& p = it->second;
+  s.last_page = page;
+  s.last_cells = p.get();
+  return s.last_cells;
+}
+
+}  // namespace
+
+void enable() {
+  const char* e = std::getenv("CUDASIM_RACECHECK");
+  g_enabled = !(e && std::string(e) == "0");
+  g_device = !(e && std::string(e) == "shared");
+}
+bool enabled() {
+  return g_enabled;
+}
+
+void launch_begin(unsigned char* dynamic, size_t bytes, const Config& c) {
+  if (!g_enabled) return;
+  State& s = R();
+  s.active.clear();
+  s.dynamic.lo = dynamic;
+  s.dynamic.n = bytes;
+  if (s.dynamic.cells.size() < bytes) s.dynamic.cells.resize(bytes);
+  s.dynamic.name = "the dynamic shared memory";
+  s.active.push_back(&s.dynamic);
+  s.cfg = c;
+  ++s.launch;
+  s.dev_lo = s.dev_hi = 0;  // allocations may have changed since the last launch
+  s.hazards = 0;
+  s.first.clear();
+}
+void use_static(void* p, size_t bytes) {
+  if (!g_enabled) return;
+  State& s = R();
+  auto* q = static_cast<unsigned char*>(p);
+  auto it =
+      std::find_if(s.statics.begin(), s.statics.end(), [&](const Region& r) { return r.lo == q; });
+  if (it == s.statics.end()) {
+    s.statics.reserve(64);  // `active` points into it: no reallocation while a launch runs
+    if (s.statics.size() == s.statics.capacity()) fail("racecheck: too many __shared__ arrays");
+    Region r;
+    r.lo = q;
+    r.n = bytes;
+    r.cells.resize(bytes);
+    std::ostringstream os;
+    os << "a static __shared__ array of " << bytes << " bytes";
+    r.name = os.str();
+    s.statics.push_back(std::move(r));
+    it = s.statics.end() - 1;
+  }
+  s.active.push_back(&*it);
+}
+void block_begin(unsigned bx, unsigned by, unsigned bz, size_t warps) {
+  if (!g_enabled) return;
+  State& s = R();
+  s.bx = bx, s.by = by, s.bz = bz;
+  s.block = int32_t(bx + s.cfg.grid.x * (by + s.cfg.grid.y * bz));
+  s.warps.resize(warps);
+  barrier();
+}
+void barrier() {
+  if (!g_enabled) return;
+  State& s = R();
+  ++s.epoch;
+  for (auto& w : s.warps) w.done.clear();
+}
+void collective(int warp, unsigned mask) {
+  if (!g_enabled) return;
+  WarpSync& w = R().warps[size_t(warp)];
+  w.done.emplace_back(++w.seq, mask);
+}
+void running(int tid, const void* stack, size_t stack_bytes) {
+  State& s = R();
+  s.tid = tid;
+  s.stack_lo = static_cast<const unsigned char*>(stack);
+  s.stack_hi = s.stack_lo + stack_bytes;
+  g_active = g_enabled && tid >= 0;
+}
+void block_end() {
+  State& s = R();
+  if (!g_enabled || !s.hazards) return;
+  std::string what = s.first;
+  if (s.hazards > 1)
+    what += " (and " + std::to_string(s.hazards - 1) + " more accesses with a hazard in the block)";
+  s.hazards = 0;
+  s.first.clear();
+  fail(what);
+}
+void launch_end() {
+  if (!g_enabled) return;
+  R().active.clear();
+}
+
+void access(const void* p, size_t n, Kind k, const void* pc) {
+  State& s = R();
+  if (s.in_atomic || s.tid < 0) return;
+  const auto* q = static_cast<const unsigned char*>(p);
+  if (q >= s.stack_lo && q < s.stack_hi) return;  // the thread's own locals
+  for (Region* r : s.active)
+    if (q >= r->lo && q < r->lo + r->n) {
+      const size_t off = size_t(q - r->lo), end = std::min(r->n, off + n);
+      s.hit = false;
+      ++g_checked;
+      for (size_t i = off; i < end; ++i) check(r->cells[i], false, r, i, nullptr, k, pc);
+      s.hazards += s.hit;
+      return;
+    }
+  if (!g_device) return;
+  // Device memory: the allocation last accessed, or look it up.
+  const auto a = reinterpret_cast<uintptr_t>(q);
+  if (a < s.dev_lo || a + n > s.dev_hi) {
+    uintptr_t lo;
+    size_t bytes;
+    if (!device_allocation(q, lo, bytes)) return;  // host memory (the launch's own state)
+    s.dev_lo = lo, s.dev_hi = lo + bytes;
+  }
+  s.hit = false;
+  ++g_checked;
+  for (uintptr_t b = a; b < a + n; ++b) {
+    Cell* cells = global_cells(b >> kPageBits);
+    if (!cells) break;
+    check(cells[b & (kPage - 1)], true, nullptr, 0, reinterpret_cast<const void*>(b), k, pc);
+  }
+  s.hazards += s.hit;
+}
+void note(const void* p, size_t n, Kind k, int tid, Tag tag) {
+  if (!g_enabled) return;
+  State& s = R();
+  const int saved = s.tid;
+  s.tid = tid;
+  access(p, n, k, tag == Tag::ldmatrix ? static_cast<const void*>(&kLdmatrix) : &kCpAsync);
+  s.tid = saved;
+}
+
+}  // namespace cudasim::race
+
+namespace cudasim {
+void atomic_begin(const void* p, size_t n) {
+  if (!race::g_active) return;
+  race::access(p, n, race::Kind::atomic, __builtin_return_address(0));
+  race::R().in_atomic = true;
+}
+void atomic_end() {
+  race::R().in_atomic = false;
+}
+bool racecheck_enabled() {
+  return race::g_enabled;
+}
+}  // namespace cudasim
