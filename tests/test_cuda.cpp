@@ -565,3 +565,27 @@ TEST_CASE("cuda: DARTS steps replayed as a CUDA graph equal the eager steps") {
     CHECK(de.weight_optimizer().param_state(0).step == dg.weight_optimizer().param_state(0).step);
   }
 }
+
+#ifdef TNAS_TEST_CUDASIM
+// The race checker of the simulator's race-checking build (tests/cudasim/racecheck.cpp), which
+// test_cuda_racecheck links: it must see the backend's own kernels, not only the simulator's
+// test kernels (a build that lost their instrumentation would pass everything unchecked).
+namespace cudasim {
+bool racecheck_enabled();
+unsigned long long racecheck_checked();
+}  // namespace cudasim
+
+TEST_CASE("cuda: the simulator's race checker sees the backend's kernels") {
+  if (!cudasim::racecheck_enabled()) {
+    MESSAGE("skipped: this build of the simulator has no race checker (test_cuda_racecheck has)");
+    return;
+  }
+  Rng rng(3);
+  Tensor x = Tensor::randn({2, 5, 7, 7}, rng).to(Device::cuda);
+  Tensor w = Tensor::randn({5, 1, 3, 3}, rng).to(Device::cuda);
+  const unsigned long long before = cudasim::racecheck_checked();
+  Tensor y = conv2d(x, w, {.padding = 1, .groups = 5}).cpu();
+  // every output written once, every input read at least once
+  CHECK(cudasim::racecheck_checked() - before >= 2 * static_cast<unsigned long long>(y.numel()));
+}
+#endif

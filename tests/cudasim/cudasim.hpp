@@ -344,6 +344,7 @@ namespace cudasim {
 void atomic_begin(const void* p, size_t bytes);
 void atomic_end();
 bool racecheck_enabled();
+unsigned long long racecheck_checked();  // the accesses it has checked
 }  // namespace cudasim
 // One fiber runs at a time, so atomics are plain read-modify-writes.
 template <class T>

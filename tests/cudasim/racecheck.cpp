@@ -426,4 +426,7 @@ void atomic_end() {
 bool racecheck_enabled() {
   return race::g_enabled;
 }
+unsigned long long racecheck_checked() {
+  return race::g_checked;
+}
 }  // namespace cudasim
