@@ -277,7 +277,7 @@ void run_grid(const Config& c) {
   s.cfg = c;
   s.error = nullptr;
   s.in_kernel = true;
-  race::launch_begin(s.smem.data(), s.smem.size(), c);
+  race::launch_begin(s.smem.data(), c.smem, s.smem.size() - c.smem, c);
   struct Done {
     ~Done() {
       S().in_kernel = false;
@@ -340,6 +340,18 @@ void run_grid(const Config& c) {
 ThreadState& cur() {
   Sched& s = S();
   return s.cur ? s.cur->st : g_host_state;
+}
+uint3 thread_idx() {
+  return cur().threadIdx;
+}
+uint3 block_idx() {
+  return cur().blockIdx;
+}
+dim3 block_dim() {
+  return cur().blockDim;
+}
+dim3 grid_dim() {
+  return cur().gridDim;
 }
 
 // ---- launches ----------------------------------------------------------------------------------
@@ -480,7 +492,9 @@ void warp_collective(unsigned mask, Collective op, const void* in, size_t in_byt
   std::memcpy(w.in[buf][t.lane], in, in_bytes);
   w.arrived |= 1u << t.lane;
   if (w.arrived == mask) {
+    internal_begin();  // the operation (in the kernel's file) works on the simulator's buffers
     op(w.in[buf], w.out[buf], mask);
+    internal_end();
     race::collective(t.warp, mask);
     ++w.gen;
     w.arrived = 0;
@@ -496,6 +510,16 @@ void warp_collective(unsigned mask, Collective op, const void* in, size_t in_byt
   std::memcpy(out, w.out[buf][t.lane], out_bytes);
 }
 
+void misaligned_vector(const char* file, int line, const void* p, size_t align) {
+  const ThreadState& t = cur();
+  std::ostringstream os;
+  os << "thread (" << t.threadIdx.x << ", " << t.threadIdx.y << ", " << t.threadIdx.z
+     << ") of block (" << t.blockIdx.x << ", " << t.blockIdx.y << ", " << t.blockIdx.z
+     << ") casts address " << p << " to a pointer to a " << align
+     << "-byte vector (float4, uint4, int4) it is not aligned for, at " << file << ":" << line
+     << ": a GPU faults (misaligned address) when it loads or stores through it";
+  fail(os.str());
+}
 void trap() {
   fail("__trap() in a kernel");
 }

@@ -69,6 +69,20 @@ struct ThreadState {
   dim3 blockDim, gridDim;
 };
 ThreadState& cur();
+uint3 thread_idx();
+uint3 block_idx();
+dim3 block_dim();
+dim3 grid_dim();
+// Code of the simulator's own that runs in the kernels' files (the copy of a launch's
+// arguments for each thread): between these, its accesses are not the kernel's.
+void internal_begin();
+void internal_end();
+struct Internal {
+  Internal() { internal_begin(); }
+  ~Internal() { internal_end(); }
+  Internal(const Internal&) = delete;
+  Internal& operator=(const Internal&) = delete;
+};
 
 // ---- launches --------------------------------------------------------------------------------
 struct Config {
@@ -120,8 +134,11 @@ struct Launch {
 template <class... P>
 void run_launch(const void* s) {
   const auto* l = static_cast<const Launch<P...>*>(s);
+  internal_begin();
   auto copy = l->a;  // every thread gets its own copy of the arguments, as on the device
-  std::apply(l->fn, copy);
+  auto* fn = l->fn;
+  internal_end();
+  std::apply(fn, copy);
 }
 template <class... P>
 void* copy_launch(const void* s) {
@@ -162,11 +179,24 @@ void count_static_shared(unsigned& seen, void* p, size_t bytes);
 template <class A, int Line>
 A& block_shared() {
   alignas(16) static A a;
+  const Internal internal;  // (count_static_shared may throw)
   static const bool registered = (register_shared(&a, sizeof a), true);
   (void)registered;
   static unsigned seen = 0;
   count_static_shared(seen, &a, sizeof a);
   return a;
+}
+
+// ---- vector loads and stores ------------------------------------------------------------------
+// translate.cmake turns reinterpret_cast<float4*>(p) (uint4, int4; const or not) into this: a
+// device loads and stores such a vector with one 16-byte instruction, which faults (misaligned
+// address) unless p is 16-byte aligned; the host would split it into four accesses that work.
+[[noreturn]] void misaligned_vector(const char* file, int line, const void* p, size_t align);
+template <class P, class Q>
+P vector_cast(const char* file, int line, Q* q) {
+  constexpr size_t align = alignof(std::remove_cv_t<std::remove_pointer_t<P>>);
+  if (reinterpret_cast<uintptr_t>(q) % align) misaligned_vector(file, line, q, align);
+  return reinterpret_cast<P>(q);
 }
 
 // ---- synchronisation ------------------------------------------------------------------------
@@ -201,10 +231,12 @@ void mma_b1_and_popc(int (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t 
 #define __forceinline__ inline
 #define __launch_bounds__(...)  // (translate.cmake moves it into the body: launch_bounds)
 #define __align__(n) alignas(n)
-#define threadIdx (::cudasim::cur().threadIdx)
-#define blockIdx (::cudasim::cur().blockIdx)
-#define blockDim (::cudasim::cur().blockDim)
-#define gridDim (::cudasim::cur().gridDim)
+// Values, not references into the simulator's own state: a kernel's reads of them are not
+// memory accesses of the kernel (which the race checker would see).
+#define threadIdx (::cudasim::thread_idx())
+#define blockIdx (::cudasim::block_idx())
+#define blockDim (::cudasim::block_dim())
+#define gridDim (::cudasim::grid_dim())
 constexpr int warpSize = 32;
 
 inline void __syncthreads() {

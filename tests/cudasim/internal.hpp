@@ -48,7 +48,8 @@ extern bool g_active;       // enabled, and a simulated thread runs
 extern uint64_t g_checked;  // accesses checked (CUDASIM_STATS)
 extern uint64_t g_pages;    // pages of device memory with a shadow (CUDASIM_STATS)
 void enable();
-void launch_begin(unsigned char* dynamic, size_t bytes, const Config& c);
+// The launch's dynamic shared memory: `bytes`, then `slack` bytes of the simulator's own.
+void launch_begin(unsigned char* dynamic, size_t bytes, size_t slack, const Config& c);
 void use_static(void* p, size_t bytes);  // a static __shared__ array the launch uses
 void block_begin(unsigned bx, unsigned by, unsigned bz, size_t warps);
 void barrier();                            // a __syncthreads completed
@@ -57,8 +58,9 @@ void collective(int warp, unsigned mask);  // a warp-collective operation comple
 void running(int tid, const void* stack = nullptr, size_t stack_bytes = 0);
 void block_end();  // throws the block's first hazard, if any
 void launch_end();
-// An access by the running thread; `pc` is the code address that made it.
-void access(const void* p, size_t n, Kind k, const void* pc);
+// An access by the running thread; `pc` is the code address that made it, `aligned` whether
+// the compiler took it to be aligned to its size (a misaligned one is an error).
+void access(const void* p, size_t n, Kind k, const void* pc, bool aligned = false);
 // An access the simulator makes for thread `tid` (ldmatrix, cp.async).
 void note(const void* p, size_t n, Kind k, int tid, Tag tag);
 }  // namespace race

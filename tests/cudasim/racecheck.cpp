@@ -25,7 +25,16 @@
 // A race is reported as a tnas::Error when its block ends: the first one found, with both
 // accesses, the threads that made them and where in the source (addr2line, from binutils,
 // turns the code addresses into file:line when it is installed), and how many more there were.
+//
+// Since every access of a kernel passes here, the build also does part of compute-sanitizer's
+// memcheck: an access outside the block's shared memory, the thread's stack, every device
+// allocation and the loaded program's own segments (a static table) is out of bounds, one that
+// runs past the end of the dynamic shared memory too, and one the compiler took as aligned to
+// its size but is not is misaligned (a GPU faults on both). The simulator's own code that runs
+// in the kernels' files (copying a launch's arguments, a warp operation's buffers) is left out
+// (internal_begin / internal_end), and threadIdx and friends are values, not memory.
 #include <dlfcn.h>
+#include <link.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -66,7 +75,7 @@ struct Cell {
 
 struct Region {
   unsigned char* lo = nullptr;
-  size_t n = 0;
+  size_t n = 0, slack = 0;  // size, and the simulator's bytes after it (not the kernel's)
   std::vector<Cell> cells;
   std::string name;
 };
@@ -101,8 +110,8 @@ struct State {
   uint32_t launch = 0;
   int32_t block = 0;  // linear index of the running block
   std::vector<WarpSync> warps;
-  int tid = kNone;  // the running thread (linear index in its block)
-  bool in_atomic = false;
+  int tid = kNone;   // the running thread (linear index in its block)
+  int internal = 0;  // inside an atomic's own read and write, or the simulator's code
   unsigned bx = 0, by = 0, bz = 0;
   Config cfg;
   uint64_t hazards = 0;  // accesses that found a hazard, in the running block
@@ -260,6 +269,52 @@ void check(Cell& c, bool global, const Region* r, size_t off, const void* addr, 
   c.r_pc = pc;
 }
 
+// The loaded images' segments (code, constants, static data): kernels may read them (a static
+// table), and nothing else outside device, shared and stack memory.
+bool in_image(uintptr_t a) {
+  static const std::vector<std::pair<uintptr_t, uintptr_t>> images = [] {
+    std::vector<std::pair<uintptr_t, uintptr_t>> v;
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, size_t, void* out) {
+          auto& r = *static_cast<std::vector<std::pair<uintptr_t, uintptr_t>>*>(out);
+          for (int i = 0; i < info->dlpi_phnum; ++i) {
+            const auto& ph = info->dlpi_phdr[i];
+            if (ph.p_type == PT_LOAD)
+              r.emplace_back(info->dlpi_addr + ph.p_vaddr,
+                             info->dlpi_addr + ph.p_vaddr + ph.p_memsz);
+          }
+          return 0;
+        },
+        &v);
+    return v;
+  }();
+  for (const auto& [lo, hi] : images)
+    if (a >= lo && a < hi) return true;
+  return false;
+}
+
+// An access that a GPU would refuse (memcheck's errors, not a race): reported like a hazard.
+void fault(Kind k, size_t n, const void* p, const void* pc, const char* why) {
+  State& s = R();
+  if (s.hazards++) return;
+  std::ostringstream os;
+  os << "memcheck: " << who(s.block, s.tid) << " of block (" << s.bx << ", " << s.by << ", " << s.bz
+     << ") of a launch of grid " << s.cfg.grid.x << "x" << s.cfg.grid.y << "x" << s.cfg.grid.z
+     << ", block " << s.cfg.block.x << "x" << s.cfg.block.y << "x" << s.cfg.block.z << " "
+     << (k == Kind::read ? "read" : "wrote") << " " << n << " bytes at address " << p << ", which "
+     << why << ", at " << site(pc);
+  s.first = os.str();
+}
+
+// A misaligned access: an error like the others, and said at once, since the host may not
+// survive it (a 16-byte vector type is loaded with an instruction that faults there too).
+void misaligned(Kind k, size_t n, const void* p, const void* pc) {
+  State& s = R();
+  const bool first = s.hazards == 0;
+  fault(k, n, p, pc, "is not aligned to its size: a GPU faults (misaligned address)");
+  if (first && n == 16) std::fprintf(stderr, "cudasim: %s\n", s.first.c_str());
+}
+
 Cell* global_cells(uintptr_t page) {
   State& s = R();
   if (page == s.last_page) return s.last_cells;
@@ -294,16 +349,18 @@ bool enabled() {
   return g_enabled;
 }
 
-void launch_begin(unsigned char* dynamic, size_t bytes, const Config& c) {
+void launch_begin(unsigned char* dynamic, size_t bytes, size_t slack, const Config& c) {
   if (!g_enabled) return;
   State& s = R();
   s.active.clear();
   s.dynamic.lo = dynamic;
   s.dynamic.n = bytes;
+  s.dynamic.slack = slack;
   if (s.dynamic.cells.size() < bytes) s.dynamic.cells.resize(bytes);
   s.dynamic.name = "the dynamic shared memory";
   s.active.push_back(&s.dynamic);
   s.cfg = c;
+  s.internal = 0;  // (a launch that failed may have left one open)
   ++s.launch;
   s.dev_lo = s.dev_hi = 0;  // allocations may have changed since the last launch
   s.hazards = 0;
@@ -361,7 +418,7 @@ void block_end() {
   if (!g_enabled || !s.hazards) return;
   std::string what = s.first;
   if (s.hazards > 1)
-    what += " (and " + std::to_string(s.hazards - 1) + " more accesses with a hazard in the block)";
+    what += " (and " + std::to_string(s.hazards - 1) + " more accesses with an error in the block)";
   s.hazards = 0;
   s.first.clear();
   fail(what);
@@ -371,14 +428,22 @@ void launch_end() {
   R().active.clear();
 }
 
-void access(const void* p, size_t n, Kind k, const void* pc) {
+void access(const void* p, size_t n, Kind k, const void* pc, bool aligned) {
   State& s = R();
-  if (s.in_atomic || s.tid < 0) return;
+  if (s.internal || s.tid < 0) return;
   const auto* q = static_cast<const unsigned char*>(p);
   if (q >= s.stack_lo && q < s.stack_hi) return;  // the thread's own locals
   for (Region* r : s.active)
-    if (q >= r->lo && q < r->lo + r->n) {
+    if (q >= r->lo && q < r->lo + r->n + r->slack) {
       const size_t off = size_t(q - r->lo), end = std::min(r->n, off + n);
+      if (off + n > r->n) {
+        fault(k, n, q, pc, ("runs past the end of " + r->name).c_str());
+        return;
+      }
+      if (aligned && reinterpret_cast<uintptr_t>(q) % n) {
+        misaligned(k, n, q, pc);
+        return;
+      }
       s.hit = false;
       ++g_checked;
       for (size_t i = off; i < end; ++i) check(r->cells[i], false, r, i, nullptr, k, pc);
@@ -391,8 +456,15 @@ void access(const void* p, size_t n, Kind k, const void* pc) {
   if (a < s.dev_lo || a + n > s.dev_hi) {
     uintptr_t lo;
     size_t bytes;
-    if (!device_allocation(q, lo, bytes)) return;  // host memory (the launch's own state)
+    if (!device_allocation(q, lo, bytes) || a + n > lo + bytes) {
+      if (!in_image(a)) fault(k, n, q, pc, "is outside every device allocation");
+      return;
+    }
     s.dev_lo = lo, s.dev_hi = lo + bytes;
+  }
+  if (aligned && a % n) {
+    misaligned(k, n, q, pc);
+    return;
   }
   s.hit = false;
   ++g_checked;
@@ -416,12 +488,17 @@ void note(const void* p, size_t n, Kind k, int tid, Tag tag) {
 
 namespace cudasim {
 void atomic_begin(const void* p, size_t n) {
-  if (!race::g_active) return;
-  race::access(p, n, race::Kind::atomic, __builtin_return_address(0));
-  race::R().in_atomic = true;
+  if (race::g_active) race::access(p, n, race::Kind::atomic, __builtin_return_address(0));
+  internal_begin();
 }
 void atomic_end() {
-  race::R().in_atomic = false;
+  internal_end();
+}
+void internal_begin() {
+  ++race::R().internal;
+}
+void internal_end() {
+  --race::R().internal;
 }
 bool racecheck_enabled() {
   return race::g_enabled;

@@ -175,6 +175,25 @@ __global__ void race_kernel(float* out) {
   out[(R == Race::blocks ? 0 : 64 * blockIdx.x) + t] = v;
 }
 
+// What the race-checking build also finds, as compute-sanitizer's memcheck would on a GPU
+// (thread 0 only; p holds 62 floats, the dynamic shared memory 64).
+enum class Bad { past_end, straddle, misaligned, shared_past_end };
+__global__ void float4_kernel(const float* p, float* out) {  // any build
+  *reinterpret_cast<float4*>(out) = *reinterpret_cast<const float4*>(p + 1);
+}
+constexpr int float4_line = __LINE__ - 2;
+template <Bad B>
+__global__ void bad_kernel(const float* p, float* out) {
+  extern __shared__ __align__(16) float sm[];
+  if (threadIdx.x != 0) return;
+  if (B == Bad::past_end) out[0] = p[62];
+  if (B == Bad::straddle)  // an aligned float4 whose last 8 bytes are past the end
+    *reinterpret_cast<float4*>(out) = *reinterpret_cast<const float4*>(p + 60);
+  // 8 bytes at a 4-byte boundary
+  if (B == Bad::misaligned) out[0] = float(*reinterpret_cast<const long long*>(p + 1));
+  if (B == Bad::shared_past_end) sm[64] = 1.f;
+}
+
 // cp.async: a copy lands at the wait that covers its group, not before.
 __global__ void cp_async_kernel(const float* src, float* before, float* after) {
   extern __shared__ __align__(16) unsigned char buf[];
@@ -404,8 +423,43 @@ TEST_CASE("cudasim: the race checker reports shared-memory hazards, not ordered 
                     "in the same launch (blocks are not ordered)"));
   // Every hazard is counted, the first one described.
   CHECK(throws_with([&] { race_kernel<Race::waw><<<2, 64, smem>>>(out); },
-                    "more accesses with a hazard in the block)"));
+                    "more accesses with an error in the block)"));
   cudaFree(out);
+}
+
+TEST_CASE("cudasim: a float4 load or store through a misaligned pointer is an error") {
+  float* p = dev_alloc<float>(8);
+  float* out = dev_alloc<float>(4);
+  CHECK(throws_with([&] { float4_kernel<<<1, 1>>>(p, out); },
+                    "to a pointer to a 16-byte vector (float4, uint4, int4) it is not aligned "
+                    "for, at "));
+  CHECK(throws_with(
+      [&] { float4_kernel<<<1, 1>>>(p, out); },
+      "test_cudasim.cu:" + std::to_string(float4_line) + ": a GPU faults (misaligned address)"));
+  cudaFree(p), cudaFree(out);
+}
+
+TEST_CASE("cudasim: the race checker's build reports out-of-bounds and misaligned accesses") {
+  if (!cudasim::racecheck_enabled()) {
+    MESSAGE("skipped: this build of the simulator has no race checker");
+    return;
+  }
+  float* p = dev_alloc<float>(62);
+  float* out = dev_alloc<float>(4);
+  CHECK(throws_with([&] { bad_kernel<Bad::past_end><<<1, 32, 256>>>(p, out); },
+                    "memcheck: thread 0 (warp 0, lane 0) of block (0, 0, 0) of a launch of grid "
+                    "1x1x1, block 32x1x1 read 4 bytes at address "));
+  CHECK(throws_with([&] { bad_kernel<Bad::past_end><<<1, 32, 256>>>(p, out); },
+                    "which is outside every device allocation, at "));
+  CHECK(throws_with([&] { bad_kernel<Bad::straddle><<<1, 32, 256>>>(p, out); },
+                    "read 16 bytes at address"));
+  CHECK(throws_with([&] { bad_kernel<Bad::misaligned><<<1, 32, 256>>>(p, out); },
+                    "is not aligned to its size: a GPU faults (misaligned address)"));
+  CHECK(throws_with([&] { bad_kernel<Bad::shared_past_end><<<1, 32, 256>>>(p, out); },
+                    "wrote 4 bytes at address"));
+  CHECK(throws_with([&] { bad_kernel<Bad::shared_past_end><<<1, 32, 256>>>(p, out); },
+                    "which runs past the end of the dynamic shared memory"));
+  cudaFree(p), cudaFree(out);
 }
 
 TEST_CASE("cudasim: cp.async lands at its wait; 8 bytes zero-fill the rest") {

@@ -25,23 +25,23 @@ template <class T>
 bool cas(volatile T* a, T* expected, T v) {
   return __atomic_compare_exchange_n(a, expected, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
 }
-inline void on(const void* p, size_t n, race::Kind k, const void* pc) {
-  if (race::g_active) race::access(p, n, k, pc);
+inline void on(const void* p, size_t n, race::Kind k, const void* pc, bool aligned = false) {
+  if (race::g_active) race::access(p, n, k, pc, aligned);
 }
 }  // namespace
 
-#define CUDASIM_HOOKS(N)                                      \
-  void __tsan_read##N(void* p) {                              \
-    on(p, N, race::Kind::read, __builtin_return_address(0));  \
-  }                                                           \
-  void __tsan_write##N(void* p) {                             \
-    on(p, N, race::Kind::write, __builtin_return_address(0)); \
-  }                                                           \
-  void __tsan_unaligned_read##N(void* p) {                    \
-    on(p, N, race::Kind::read, __builtin_return_address(0));  \
-  }                                                           \
-  void __tsan_unaligned_write##N(void* p) {                   \
-    on(p, N, race::Kind::write, __builtin_return_address(0)); \
+#define CUDASIM_HOOKS(N)                                            \
+  void __tsan_read##N(void* p) {                                    \
+    on(p, N, race::Kind::read, __builtin_return_address(0), true);  \
+  }                                                                 \
+  void __tsan_write##N(void* p) {                                   \
+    on(p, N, race::Kind::write, __builtin_return_address(0), true); \
+  }                                                                 \
+  void __tsan_unaligned_read##N(void* p) {                          \
+    on(p, N, race::Kind::read, __builtin_return_address(0));        \
+  }                                                                 \
+  void __tsan_unaligned_write##N(void* p) {                         \
+    on(p, N, race::Kind::write, __builtin_return_address(0));       \
   }
 
 extern "C" {
