@@ -478,10 +478,13 @@ void access(const void* p, size_t n, Kind k, const void* pc, bool aligned) {
 void note(const void* p, size_t n, Kind k, int tid, Tag tag) {
   if (!g_enabled) return;
   State& s = R();
-  const int saved = s.tid;
+  // (ldmatrix's reads are noted from inside its warp operation, which is internal code)
+  const int saved = s.tid, saved_internal = s.internal;
   s.tid = tid;
+  s.internal = 0;
   access(p, n, k, tag == Tag::ldmatrix ? static_cast<const void*>(&kLdmatrix) : &kCpAsync);
   s.tid = saved;
+  s.internal = saved_internal;
 }
 
 }  // namespace cudasim::race

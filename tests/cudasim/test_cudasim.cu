@@ -130,6 +130,7 @@ enum class Race {
   barrier,       // thread t writes s[t], a barrier, reads s[63 - t]
   cp_async,      // thread 0's cp.async lands in s[0..3]; thread 1 reads s[0] (no barrier)
   cp_async_bar,  // the same with a barrier between
+  ldmatrix,      // warp 0 ldmatrix-reads s[0, 128); thread 32 writes s[0] (no barrier)
   blocks         // device memory: both blocks write out[t]
 };
 template <Race R>
@@ -163,6 +164,16 @@ __global__ void race_kernel(float* out) {
     v = s[63 - t];
   } else if (R == Race::blocks) {
     v = 1.f;
+  } else if (R == Race::ldmatrix) {
+    s[t] = 0.f;
+    __syncthreads();
+    if (t < 32) {
+      uint32_t r[4];
+      cudasim::ldmatrix_x4(uint32_t(__cvta_generic_to_shared(s)) + 16 * (t & 7), r[0], r[1], r[2],
+                           r[3]);
+      v = float(r[0]);
+    }
+    if (t == 32) s[0] = 1.f;
   } else {
     if (t == 0) {
       cudasim::cp_async16(uint32_t(__cvta_generic_to_shared(s)), out + 128, 16);
@@ -414,6 +425,10 @@ TEST_CASE("cudasim: the race checker reports shared-memory hazards, not ordered 
   CHECK(throws_with([&] { race_kernel<Race::cp_async><<<2, 64, smem>>>(out); },
                     "thread 0 (warp 0, lane 0) wrote it at a cp.async copy, then thread 1"));
   CHECK(ok(race_kernel<Race::cp_async_bar>));
+  CHECK(throws_with([&] { race_kernel<Race::ldmatrix><<<2, 64, smem>>>(out); },
+                    "write-after-read hazard on byte 0 of the dynamic shared memory"));
+  CHECK(throws_with([&] { race_kernel<Race::ldmatrix><<<2, 64, smem>>>(out); },
+                    "read it at ldmatrix, then thread 32 (warp 1, lane 0) wrote it at"));
   // Device memory: accesses by different blocks of a launch are never ordered.
   CHECK(throws_with([&] { race_kernel<Race::blocks><<<2, 64, smem>>>(out); },
                     "write-after-write hazard on device memory (address"));
