@@ -495,7 +495,8 @@ void warp_collective(unsigned mask, Collective op, const void* in, size_t in_byt
     internal_begin();  // the operation (in the kernel's file) works on the simulator's buffers
     op(w.in[buf], w.out[buf], mask);
     internal_end();
-    race::collective(t.warp, mask);
+    // (every live lane of a partial or thinned warp counts as the whole warp)
+    race::collective(t.warp, mask == w.live ? 0xffffffffu : mask);
     ++w.gen;
     w.arrived = 0;
     for (int l = 0; l < 32; ++l)

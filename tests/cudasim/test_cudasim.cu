@@ -131,6 +131,7 @@ enum class Race {
   cp_async,      // thread 0's cp.async lands in s[0..3]; thread 1 reads s[0] (no barrier)
   cp_async_bar,  // the same with a barrier between
   ldmatrix,      // warp 0 ldmatrix-reads s[0, 128); thread 32 writes s[0] (no barrier)
+  partial_warp,  // (48 threads) warp 1's 16 lanes read s[0], shuffle, then lane 0 writes it
   blocks         // device memory: both blocks write out[t]
 };
 template <Race R>
@@ -164,6 +165,14 @@ __global__ void race_kernel(float* out) {
     v = s[63 - t];
   } else if (R == Race::blocks) {
     v = 1.f;
+  } else if (R == Race::partial_warp) {
+    if (t == 0) s[0] = 1.f;
+    __syncthreads();
+    if (t >= 32) {
+      v = s[0];
+      v += __shfl_xor_sync(0xffffu, v, 1);
+      if (t == 32) s[0] = 2.f;
+    }
   } else if (R == Race::ldmatrix) {
     s[t] = 0.f;
     __syncthreads();
@@ -425,6 +434,9 @@ TEST_CASE("cudasim: the race checker reports shared-memory hazards, not ordered 
   CHECK(throws_with([&] { race_kernel<Race::cp_async><<<2, 64, smem>>>(out); },
                     "thread 0 (warp 0, lane 0) wrote it at a cp.async copy, then thread 1"));
   CHECK(ok(race_kernel<Race::cp_async_bar>));
+  // a shuffle of all 16 lanes of a partial warp orders their reads before lane 0's write
+  race_kernel<Race::partial_warp><<<2, 48, smem>>>(out);
+  CHECK(cudaGetLastError() == cudaSuccess);
   CHECK(throws_with([&] { race_kernel<Race::ldmatrix><<<2, 64, smem>>>(out); },
                     "write-after-read hazard on byte 0 of the dynamic shared memory"));
   CHECK(throws_with([&] { race_kernel<Race::ldmatrix><<<2, 64, smem>>>(out); },
