@@ -97,7 +97,7 @@ constexpr size_t kPage = size_t(1) << kPageBits;
 constexpr uint64_t kMaxPages = 8192;
 
 struct State {
-  Region dynamic;
+  Region dynamic{.name = "the dynamic shared memory"};
   std::vector<Region> statics;  // every static __shared__ array seen, kept across launches
   std::vector<Region*> active;  // the running launch's shared memory
   std::unordered_map<uintptr_t, std::unique_ptr<Cell[]>> pages;
@@ -180,6 +180,16 @@ std::string who(int32_t block, int32_t tid) {
   return os.str();
 }
 
+// "block (x, y, z) of a launch of grid ..., block ...": where the running thread is.
+std::string launch_text() {
+  const State& s = R();
+  std::ostringstream os;
+  os << "block (" << s.bx << ", " << s.by << ", " << s.bz << ") of a launch of grid "
+     << s.cfg.grid.x << "x" << s.cfg.grid.y << "x" << s.cfg.grid.z << ", block " << s.cfg.block.x
+     << "x" << s.cfg.block.y << "x" << s.cfg.block.z;
+  return os.str();
+}
+
 const char* did(Kind k) {
   return k == Kind::read ? "read" : k == Kind::write ? "wrote" : "updated (atomically)";
 }
@@ -198,11 +208,8 @@ void hazard(const char* kind, const Region* r, size_t off, const void* addr, int
     os << "byte " << off << " of " << r->name;
   else
     os << "device memory (address " << addr << ")";
-  os << ", block (" << s.bx << ", " << s.by << ", " << s.bz << ") of a launch of grid "
-     << s.cfg.grid.x << "x" << s.cfg.grid.y << "x" << s.cfg.grid.z << ", block " << s.cfg.block.x
-     << "x" << s.cfg.block.y << "x" << s.cfg.block.z << ": " << who(block_a, tid_a) << " "
-     << did(kind_a) << " it at " << site(pc_a) << ", then " << who(s.block, s.tid) << " " << did(k)
-     << " it at " << site(pc);
+  os << ", " << launch_text() << ": " << who(block_a, tid_a) << " " << did(kind_a) << " it at "
+     << site(pc_a) << ", then " << who(s.block, s.tid) << " " << did(k) << " it at " << site(pc);
   if (block_a == s.block)
     os << ", with no __syncthreads (or, within a warp, no warp-collective operation) between";
   else
@@ -298,9 +305,7 @@ void fault(Kind k, size_t n, const void* p, const void* pc, const char* why) {
   State& s = R();
   if (s.hazards++) return;
   std::ostringstream os;
-  os << "memcheck: " << who(s.block, s.tid) << " of block (" << s.bx << ", " << s.by << ", " << s.bz
-     << ") of a launch of grid " << s.cfg.grid.x << "x" << s.cfg.grid.y << "x" << s.cfg.grid.z
-     << ", block " << s.cfg.block.x << "x" << s.cfg.block.y << "x" << s.cfg.block.z << " "
+  os << "memcheck: " << who(s.block, s.tid) << " of " << launch_text() << " "
      << (k == Kind::read ? "read" : "wrote") << " " << n << " bytes at address " << p << ", which "
      << why << ", at " << site(pc);
   s.first = os.str();
@@ -345,9 +350,6 @@ void enable() {
   g_enabled = !(e && std::string(e) == "0");
   g_device = !(e && std::string(e) == "shared");
 }
-bool enabled() {
-  return g_enabled;
-}
 
 void launch_begin(unsigned char* dynamic, size_t bytes, size_t slack, const Config& c) {
   if (!g_enabled) return;
@@ -357,7 +359,6 @@ void launch_begin(unsigned char* dynamic, size_t bytes, size_t slack, const Conf
   s.dynamic.n = bytes;
   s.dynamic.slack = slack;
   if (s.dynamic.cells.size() < bytes) s.dynamic.cells.resize(bytes);
-  s.dynamic.name = "the dynamic shared memory";
   s.active.push_back(&s.dynamic);
   s.cfg = c;
   s.internal = 0;  // (a launch that failed may have left one open)
@@ -433,26 +434,26 @@ void access(const void* p, size_t n, Kind k, const void* pc, bool aligned) {
   if (s.internal || s.tid < 0) return;
   const auto* q = static_cast<const unsigned char*>(p);
   if (q >= s.stack_lo && q < s.stack_hi) return;  // the thread's own locals
+  const auto a = reinterpret_cast<uintptr_t>(q);
+  if (aligned && a % n) {
+    misaligned(k, n, q, pc);
+    return;
+  }
   for (Region* r : s.active)
     if (q >= r->lo && q < r->lo + r->n + r->slack) {
-      const size_t off = size_t(q - r->lo), end = std::min(r->n, off + n);
+      const size_t off = size_t(q - r->lo);
       if (off + n > r->n) {
         fault(k, n, q, pc, ("runs past the end of " + r->name).c_str());
         return;
       }
-      if (aligned && reinterpret_cast<uintptr_t>(q) % n) {
-        misaligned(k, n, q, pc);
-        return;
-      }
       s.hit = false;
       ++g_checked;
-      for (size_t i = off; i < end; ++i) check(r->cells[i], false, r, i, nullptr, k, pc);
+      for (size_t i = off; i < off + n; ++i) check(r->cells[i], false, r, i, nullptr, k, pc);
       s.hazards += s.hit;
       return;
     }
   if (!g_device) return;
   // Device memory: the allocation last accessed, or look it up.
-  const auto a = reinterpret_cast<uintptr_t>(q);
   if (a < s.dev_lo || a + n > s.dev_hi) {
     uintptr_t lo;
     size_t bytes;
@@ -461,10 +462,6 @@ void access(const void* p, size_t n, Kind k, const void* pc, bool aligned) {
       return;
     }
     s.dev_lo = lo, s.dev_hi = lo + bytes;
-  }
-  if (aligned && a % n) {
-    misaligned(k, n, q, pc);
-    return;
   }
   s.hit = false;
   ++g_checked;
