@@ -201,6 +201,15 @@ void perform(const Copy& c) {
   std::memset(c.dst + c.bytes, 0, size_t(16 - c.bytes));
 }
 
+// Every thread of the block has arrived at the __syncthreads (or exited): all go on, into a
+// new barrier interval.
+void release_barrier(Block& b) {
+  race::barrier();
+  for (auto& t : b.threads)
+    if (t.state == SimThread::at_barrier) t.state = SimThread::ready;
+  b.arrived = 0;
+}
+
 void thread_exit(SimThread& t) {
   Sched& s = S();
   Block& b = s.block;
@@ -221,12 +230,7 @@ void thread_exit(SimThread& t) {
        << std::hex << w.mask << ")";
     s.error = std::make_exception_ptr(tnas::Error("cudasim: " + os.str()));
   }
-  if (b.arrived > 0 && b.arrived == b.live) {  // exited threads count as arrived
-    race::barrier();
-    for (auto& o : b.threads)
-      if (o.state == SimThread::at_barrier) o.state = SimThread::ready;
-    b.arrived = 0;
-  }
+  if (b.arrived > 0 && b.arrived == b.live) release_barrier(b);  // exited threads count
 }
 
 std::string describe_deadlock(const Block& b) {
@@ -451,10 +455,7 @@ void syncthreads() {
   if (!s.cur) fail("__syncthreads outside a kernel");
   Block& b = s.block;
   if (++b.arrived == b.live) {
-    race::barrier();
-    for (auto& t : b.threads)
-      if (t.state == SimThread::at_barrier) t.state = SimThread::ready;
-    b.arrived = 0;
+    release_barrier(b);
     return;
   }
   s.cur->state = SimThread::at_barrier;
