@@ -3,9 +3,13 @@
 //
 //   bench_darts_step [--batch 64] [--hw 32] [--cin 3] [--C 16] [--layers 8] [--iters 3]
 //                    [--warm 1] [--second-order 0] [--device cpu|cuda] [--graph 0]
+//                    [--recompute 1]
 //
 // --graph 1 (with --device cuda): the step is captured as a CUDA graph after one eager step
 // and replayed (DartsOptions::device_graph), as the peer's `cudagraph` variant.
+//
+// --recompute 0: the depthwise outputs are held from the forward to the backward instead of
+// being recomputed there (nn::RecomputeDepthwise): more memory, fewer kernels.
 //
 // The step: alpha Adam on a "validation" batch, then SGD on the weights from a "train" batch
 // with gradient-norm clipping at 5 (search::Darts::step). It rotates over 4 random batches.
@@ -36,9 +40,9 @@ double peak_rss_mib() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::map<std::string, long> a{{"batch", 64}, {"hw", 32},          {"cin", 3},
-                                {"C", 16},     {"layers", 8},       {"iters", 3},
-                                {"warm", 1},   {"second-order", 0}, {"graph", 0}};
+  std::map<std::string, long> a{{"batch", 64}, {"hw", 32},      {"cin", 3},  {"C", 16},
+                                {"layers", 8}, {"iters", 3},    {"warm", 1}, {"second-order", 0},
+                                {"graph", 0},  {"recompute", 1}};
   Device dev = Device::cpu;
   for (int i = 1; i < argc; i += 2) {
     if (std::strcmp(argv[i], "--device") == 0 && i + 1 < argc) {
@@ -66,6 +70,7 @@ int main(int argc, char** argv) {
     a[argv[i] + 2] = std::stol(argv[i + 1]);
   }
   try {
+    nn::RecomputeDepthwise recompute(a["recompute"] != 0);
     search::Supernet<space::Darts> net({.in_channels = a["cin"],
                                         .channels = a["C"],
                                         .cells = a["layers"],
@@ -99,14 +104,16 @@ int main(int argc, char** argv) {
         "{\"impl\":\"tnas\",\"device\":\"%s\",\"graph\":%s,\"batch\":%ld,\"hw\":%ld,\"cin\":%ld,"
         "\"C\":%ld,"
         "\"layers\":%ld,"
-        "\"second_order\":%s,\"step_ms_median\":%.1f,\"step_ms_min\":%.1f,\"peak_rss_MiB\":%.1f,"
+        "\"second_order\":%s,\"recompute\":%s,\"step_ms_median\":%.1f,\"step_ms_min\":%.1f,\"peak_"
+        "rss_MiB\":%.1f,"
         "\"tensor_peak_MiB\":%.1f,\"cached_MiB\":%.1f,\"system_allocs\":%zu,\"iters\":%ld,\"warm\":"
         "%ld,\"warmup_s\":%.2f,\"last_loss\":%.4f,\"n_weight_params\":%lld}"
         "\n",
         dev == Device::cuda ? "cuda" : "cpu", a["graph"] ? "true" : "false", a["batch"], a["hw"],
-        a["cin"], a["C"], a["layers"], a["second-order"] ? "true" : "false", med, mn,
-        peak_rss_mib(), double(st.peak_bytes) / (1 << 20), double(st.cached_bytes) / (1 << 20),
-        st.system_allocs, a["iters"], a["warm"], warm_s, loss, (long long)net.num_parameters());
+        a["cin"], a["C"], a["layers"], a["second-order"] ? "true" : "false",
+        a["recompute"] ? "true" : "false", med, mn, peak_rss_mib(),
+        double(st.peak_bytes) / (1 << 20), double(st.cached_bytes) / (1 << 20), st.system_allocs,
+        a["iters"], a["warm"], warm_s, loss, (long long)net.num_parameters());
   } catch (const Error& e) {
     std::fprintf(stderr, "bench_darts_step: %s\n", e.what());
     return 1;

@@ -186,6 +186,18 @@ void check_other_convs() {
           {xz, rnd({4, 6, 1, 1}, 57)});
   compare("relu dense 3x3", [](const V& v) { return relu_conv2d(v[0], v[1], {.padding = 1}); },
           {xz, rnd({5, 6, 3, 3}, 58)});
+  // depthwise -> pointwise as one op, the depthwise output recomputed in the backward
+  compare(
+      "relu separable 5x5 dilation 2 stride 2",
+      [](const V& v) {
+        return relu_separable_conv2d(v[0], v[1], v[2],
+                                     {.stride = 2, .padding = 4, .dilation = 2, .groups = 6});
+      },
+      {xz, rnd({6, 1, 5, 5}, 64), rnd({5, 6, 1, 1}, 65)}, 1e-4);
+  compare(
+      "separable 3x3",
+      [](const V& v) { return separable_conv2d(v[0], v[1], v[2], {.padding = 1, .groups = 6}); },
+      {x, rnd({6, 1, 3, 3}, 66), rnd({4, 6, 1, 1}, 67)}, 1e-4);
   // pointwise weight gradient over many images (one batched GEMM + a fixed-order sum)
   compare("pointwise, 37 images", [](const V& v) { return conv2d(v[0], v[1]); },
           {rnd({37, 16, 6, 5}, 59), rnd({24, 16, 1, 1}, 60)});

@@ -178,6 +178,12 @@ TEST_CASE(
             return relu_conv2d(v[0], v[1], {.stride = 2, .padding = 4, .dilation = 2, .groups = 6});
           },
           {xz, rnd({6, 1, 5, 5}, 58)});
+  compare("relu_separable_conv2d dilated 5x5 stride 2",
+          [](const V& v) {
+            return relu_separable_conv2d(v[0], v[1], v[2],
+                                         {.stride = 2, .padding = 4, .dilation = 2, .groups = 6});
+          },
+          {xz, rnd({6, 1, 5, 5}, 59), rnd({5, 6, 1, 1}, 60)});
   compare("linear", [](const V& v) { return linear(v[0], v[1], v[2]); },
           {rnd({7, 11}, 36), rnd({5, 11}, 37), rnd({5}, 38)});
   compare("linear without bias", [](const V& v) { return linear(v[0], v[1]); },

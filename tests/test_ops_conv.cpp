@@ -80,6 +80,99 @@ TEST_CASE("relu_conv2d equals conv2d(relu(x)) in value and gradients, keeping x 
   TNAS_CHECK_GRADS(shifted, (V{x, wp}));
 }
 
+TEST_CASE("separable_conv2d equals the two convs in value and gradients, keeping x only") {
+  Rng rng(17);
+  Tensor x = param({2, 4, 9, 7}, rng);
+  for (double& v : std::span(x.data<double>(), size_t(x.numel())))
+    if (std::abs(v) < 0.05) v = -0.3;  // away from the ReLU's kink
+  Tensor wd3 = param({4, 1, 3, 3}, rng, 0.5), wd5 = param({4, 1, 5, 5}, rng, 0.5);
+  Tensor wp = param({5, 4, 1, 1}, rng, 0.5);
+  const Conv2dOptions opts[] = {{.padding = 1, .groups = 4},
+                                {.stride = 2, .padding = 2, .groups = 4},
+                                {.stride = 2, .padding = 4, .dilation = 2, .groups = 4}};
+  for (const Conv2dOptions& o : opts) {
+    CAPTURE(o.stride);
+    CAPTURE(o.dilation);
+    const Tensor& wd = o.padding == 1 ? wd3 : wd5;
+    auto sep = [o](const V& v) { return separable_conv2d(v[0], v[1], v[2], o); };
+    auto plain = [o](const V& v) { return conv2d(conv2d(v[0], v[1], o), v[2]); };
+    auto rsep = [o](const V& v) { return relu_separable_conv2d(v[0], v[1], v[2], o); };
+    auto rplain = [o](const V& v) { return conv2d(relu_conv2d(v[0], v[1], o), v[2]); };
+    CHECK(sep(V{x, wd, wp}).to_vector() == plain(V{x, wd, wp}).to_vector());
+    CHECK(rsep(V{x, wd, wp}).to_vector() == rplain(V{x, wd, wp}).to_vector());
+    TNAS_CHECK_GRADS(sep, (V{x, wd, wp}));
+    TNAS_CHECK_GRADS(rsep, (V{x, wd, wp}));
+  }
+  // Only some inputs need a gradient: the weights alone (x a constant), and x alone.
+  Tensor xc = x.detach();
+  auto weights_only = [xc](const V& v) {
+    return relu_separable_conv2d(xc, v[0], v[1], {.padding = 1, .groups = 4});
+  };
+  TNAS_CHECK_GRADS(weights_only, (V{wd3, wp}));
+  Tensor wdc = wd3.detach(), wpc = wp.detach();
+  auto x_only = [wdc, wpc](const V& v) {
+    return relu_separable_conv2d(v[0], wdc, wpc, {.padding = 1, .groups = 4});
+  };
+  TNAS_CHECK_GRADS(x_only, (V{x}));
+}
+
+TEST_CASE("separable_conv2d holds no depthwise output between forward and backward") {
+  Rng rng(18);
+  Tensor x = Tensor::randn({8, 16, 32, 32}, rng).set_requires_grad(true);
+  Tensor wd = Tensor::randn({16, 1, 3, 3}, rng).set_requires_grad(true);
+  Tensor wp = Tensor::randn({16, 16, 1, 1}, rng).set_requires_grad(true);
+  const Conv2dOptions o{.padding = 1, .groups = 16};
+  auto& a = allocator(Device::cpu);
+  auto held = [&](auto&& f) {  // bytes a forward leaves live, its output included
+    const size_t before = a.stats().live_bytes;
+    Tensor y = f();
+    const size_t after = a.stats().live_bytes;
+    backward(sum(y));
+    return after - before;
+  };
+  const size_t plain = held([&] { return conv2d(relu_conv2d(x, wd, o), wp); });
+  const size_t fused = held([&] { return relu_separable_conv2d(x, wd, wp, o); });
+  CHECK(fused == x.nbytes());  // the output, the same size as x here
+  CHECK(plain == 2 * x.nbytes());
+  // Sequential runs ReLU -> depthwise -> pointwise (a DARTS dil_conv) as this op.
+  nn::Sequential seq;
+  seq.push_back(std::make_shared<nn::ReLU>());
+  seq.push_back(
+      std::make_shared<nn::Conv2d>(16, 16, 3, nn::Conv2dConfig{.padding = 1, .groups = 16}, rng));
+  seq.push_back(std::make_shared<nn::Conv2d>(16, 16, 1, nn::Conv2dConfig{}, rng));
+  CHECK(held([&] { return seq.forward(x); }) == x.nbytes());
+  Tensor ref =
+      conv2d(relu_conv2d(x, seq.at<nn::Conv2d>(1)->weight(), o), seq.at<nn::Conv2d>(2)->weight());
+  CHECK(seq.forward(x).to_vector() == ref.to_vector());
+  {
+    nn::RecomputeDepthwise off(false);  // the depthwise output is held again
+    CHECK(held([&] { return seq.forward(x); }) == 2 * x.nbytes());
+  }
+  CHECK(nn::recompute_depthwise_flag());
+}
+
+TEST_CASE("separable_conv2d errors name the weight that is not depthwise or pointwise") {
+  Tensor x = Tensor::zeros({2, 4, 8, 8});
+  CHECK(testing::throws_with(
+      [&] {
+        (void)separable_conv2d(x, Tensor::zeros({4, 4, 3, 3}), Tensor::zeros({5, 4, 1, 1}),
+                               {.padding = 1});
+      },
+      {"separable_conv2d", "[4, 4, 3, 3]", "not depthwise"}));
+  CHECK(testing::throws_with(
+      [&] {
+        (void)separable_conv2d(x, Tensor::zeros({4, 1, 3, 3}), Tensor::zeros({5, 4, 3, 3}),
+                               {.padding = 1, .groups = 4});
+      },
+      {"separable_conv2d", "[5, 4, 3, 3]", "not pointwise"}));
+  CHECK(testing::throws_with(
+      [&] {
+        (void)separable_conv2d(x, Tensor::zeros({4, 1, 3, 3}), Tensor::zeros({5, 3, 1, 1}),
+                               {.padding = 1, .groups = 4});
+      },
+      {"conv2d", "[5, 3, 1, 1]"}));
+}
+
 TEST_CASE("conv2d errors name the op and the shapes") {
   Tensor x = Tensor::zeros({2, 3, 8, 8});
   CHECK(testing::throws_with(

