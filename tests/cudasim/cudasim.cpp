@@ -282,11 +282,13 @@ void run_grid(const Config& c) {
   s.error = nullptr;
   s.in_kernel = true;
   race::launch_begin(s.smem.data(), c.smem, s.smem.size() - c.smem, c);
+  prof::launch_begin(c);
   struct Done {
     ~Done() {
       S().in_kernel = false;
       race::running(-1);
       race::launch_end();
+      prof::launch_end();
     }
   } done;
   for (unsigned bz = 0; bz < c.grid.z; ++bz)
@@ -335,6 +337,7 @@ void run_grid(const Config& c) {
           if (b.live == 0) break;
           if (!ran) fail(describe_deadlock(b));
         }
+        prof::block_end();
         race::block_end();
       }
 }
@@ -389,6 +392,7 @@ void launch(const void* fn, const Config& c, const void* const* pointers, int np
   const size_t limit = smem_limit(fn);
   Config cl = c;
   cl.smem_attr = limit;
+  cl.fn = fn;
   if (c.smem > limit) {
     if (std::getenv("CUDASIM_VERBOSE"))
       std::fprintf(stderr, "cudasim: %zu bytes of dynamic shared memory, the function allows %zu\n",

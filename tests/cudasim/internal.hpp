@@ -65,6 +65,19 @@ void access(const void* p, size_t n, Kind k, const void* pc, bool aligned = fals
 void note(const void* p, size_t n, Kind k, int tid, Tag tag);
 }  // namespace race
 
+// ---- the memory-traffic profile (profile.cpp, profile.hpp) -------------------------------------
+// Fed by the race checker with the accesses it checks; off unless profile_enable or
+// CUDASIM_PROFILE turned it on (race::enable calls from_env).
+namespace prof {
+extern bool g_on;
+void from_env();
+void launch_begin(const Config& c);
+// An access by thread `tid` of the running block, to shared or device memory.
+void access(const void* p, size_t n, bool write, bool shared, const void* pc, int tid);
+void block_end();
+void launch_end();
+}  // namespace prof
+
 // ---- streams and graphs ----------------------------------------------------------------------
 // Work on a stream runs at once, or is recorded (an OpList) while the stream is captured.
 struct Op {

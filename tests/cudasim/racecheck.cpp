@@ -349,6 +349,7 @@ void enable() {
   const char* e = std::getenv("CUDASIM_RACECHECK");
   g_enabled = !(e && std::string(e) == "0");
   g_device = !(e && std::string(e) == "shared");
+  if (g_enabled) prof::from_env();
 }
 
 void launch_begin(unsigned char* dynamic, size_t bytes, size_t slack, const Config& c) {
@@ -448,6 +449,7 @@ void access(const void* p, size_t n, Kind k, const void* pc, bool aligned) {
       }
       s.hit = false;
       ++g_checked;
+      if (prof::g_on) prof::access(q, n, k != Kind::read, true, pc, s.tid);
       for (size_t i = off; i < off + n; ++i) check(r->cells[i], false, r, i, nullptr, k, pc);
       s.hazards += s.hit;
       return;
@@ -465,6 +467,7 @@ void access(const void* p, size_t n, Kind k, const void* pc, bool aligned) {
   }
   s.hit = false;
   ++g_checked;
+  if (prof::g_on) prof::access(q, n, k != Kind::read, false, pc, s.tid);
   for (uintptr_t b = a; b < a + n; ++b) {
     Cell* cells = global_cells(b >> kPageBits);
     if (!cells) break;

@@ -1,0 +1,301 @@
+// cudasim's memory-traffic profile (profile.hpp): the race checker hands it every access it
+// checks, already classified as shared or device memory; the accesses are grouped into warp
+// instructions per block and costed when the block ends.
+#include "profile.hpp"
+
+#include <cxxabi.h>
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "internal.hpp"
+
+namespace cudasim::prof {
+
+bool g_on = false;
+
+namespace {
+
+// One warp instruction: its lanes' addresses (one access per lane).
+struct Request {
+  bool shared = false, write = false;
+  unsigned n = 0;  // bytes per lane
+  std::vector<std::pair<int, uintptr_t>> lanes;
+};
+// (warp, code address, the lane's count of accesses from that address): one instruction.
+struct Key {
+  int warp;
+  const void* pc;
+  uint32_t k;
+  bool operator==(const Key&) const = default;
+};
+struct KeyHash {
+  size_t operator()(const Key& x) const {
+    return std::hash<const void*>()(x.pc) ^ (size_t(x.warp) << 40) ^
+           (size_t(x.k) * 0x9e3779b97f4a7c15ull);
+  }
+};
+// A lane's access being assembled from the pieces of a split vector access: bytes `mask` of
+// the aligned 16-byte chunk at `chunk`.
+struct Open {
+  uintptr_t chunk = 0;
+  unsigned mask = 0;  // 0: none open
+  bool write = false, shared = false;
+  const void* pc = nullptr;       // the first piece's code address: the access's
+  const void* last_pc = nullptr;  // the latest piece's
+};
+struct Thread {
+  std::unordered_map<const void*, uint32_t> count;  // accesses per code address
+  Open open;
+};
+
+struct State {
+  std::unordered_map<Key, Request, KeyHash> requests;  // the running block's
+  std::vector<Thread> threads;                         // the running block's
+  std::unordered_set<uintptr_t> block_ld, block_st;    // sectors of the running block
+  std::unordered_set<uintptr_t> launch_ld, launch_st;  // and of the launch
+  KernelProfile* cur = nullptr;
+  std::vector<std::unique_ptr<KernelProfile>> kernels;  // in order of first launch
+  std::unordered_map<const void*, KernelProfile*> by_fn;
+};
+State& P() {
+  static State s;
+  return s;
+}
+
+// The kernel's name: from the program's symbol table via addr2line (binutils), as the race
+// checker names code; dladdr sees only exported symbols, and kernels are in anonymous
+// namespaces.
+std::string kernel_name(const void* fn) {
+  std::ostringstream os;
+  os << "kernel at " << fn;
+  Dl_info info;
+  if (!fn || !dladdr(fn, &info) || !info.dli_fbase) return os.str();
+  const uintptr_t off =
+      reinterpret_cast<uintptr_t>(fn) - reinterpret_cast<uintptr_t>(info.dli_fbase);
+  char exe[4096];
+  const ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (len <= 0) return os.str();
+  std::ostringstream cmd;
+  cmd << "addr2line -C -f -e '" << std::string(exe, size_t(len)) << "' 0x" << std::hex << off
+      << " 2>/dev/null";
+  std::string name;
+  if (FILE* f = popen(cmd.str().c_str(), "r")) {
+    char line[4096] = {};
+    if (std::fgets(line, sizeof line, f)) name = line;
+    pclose(f);
+  }
+  name.erase(name.find_last_not_of('\n') + 1);
+  return name.empty() || name[0] == '?' ? os.str() : name;
+}
+
+// The bytes of [a, a + n) ranges, overlaps counted once.
+uint64_t distinct_bytes(std::vector<std::pair<uintptr_t, uintptr_t>>& r) {
+  std::sort(r.begin(), r.end());
+  uint64_t bytes = 0;
+  uintptr_t end = 0;
+  for (auto [lo, hi] : r) {
+    lo = std::max(lo, end);
+    if (hi > lo) {
+      bytes += hi - lo;
+      end = hi;
+    }
+  }
+  return bytes;
+}
+
+void cost(const Request& q) {
+  State& s = P();
+  KernelProfile& kp = *s.cur;
+  if (!q.shared) {
+    std::unordered_set<uintptr_t> sectors;
+    std::vector<std::pair<uintptr_t, uintptr_t>> ranges;
+    for (const auto& [lane, a] : q.lanes) {
+      for (uintptr_t sec = a / 32; sec <= (a + q.n - 1) / 32; ++sec) sectors.insert(sec);
+      ranges.emplace_back(a, a + q.n);
+    }
+    for (uintptr_t sec : sectors) {
+      (q.write ? s.block_st : s.block_ld).insert(sec);
+      (q.write ? s.launch_st : s.launch_ld).insert(sec);
+    }
+    const uint64_t bytes = distinct_bytes(ranges);
+    if (q.write) {
+      ++kp.st_requests, kp.st_sectors += sectors.size(), kp.st_bytes += bytes;
+    } else {
+      ++kp.ld_requests, kp.ld_sectors += sectors.size(), kp.ld_bytes += bytes;
+    }
+    return;
+  }
+  // Shared memory, phase by phase: lanes [p * per, (p + 1) * per).
+  const int per = q.n <= 4 ? 32 : q.n <= 8 ? 16 : 8;
+  ++kp.smem_requests;
+  for (int p = 0; p * per < 32; ++p) {
+    std::unordered_set<uintptr_t> words;
+    for (const auto& [lane, a] : q.lanes)
+      if (lane / per == p)
+        for (uintptr_t w = a / 4; w <= (a + q.n - 1) / 4; ++w) words.insert(w);
+    if (words.empty()) continue;
+    int in_bank[32] = {};
+    for (uintptr_t w : words) ++in_bank[w % 32];
+    kp.smem_wavefronts += uint64_t(*std::max_element(in_bank, in_bank + 32));
+    kp.smem_ideal += (words.size() + 31) / 32;
+  }
+}
+
+// Makes thread tid's access [a, a + n) (from pc) one lane of its warp instruction.
+void add(int tid, uintptr_t a, unsigned n, bool write, bool shared, const void* pc) {
+  State& s = P();
+  const uint32_t k = s.threads[size_t(tid)].count[pc]++;
+  Request& q = s.requests[Key{tid / 32, pc, k}];
+  q.shared = shared;
+  q.write = write;
+  q.n = std::max(q.n, n);
+  q.lanes.emplace_back(tid % 32, a);
+}
+
+void close(int tid) {
+  Open& o = P().threads[size_t(tid)].open;
+  if (!o.mask) return;
+  const int lo = __builtin_ctz(o.mask), hi = 31 - __builtin_clz(o.mask);
+  add(tid, o.chunk + uintptr_t(lo), unsigned(hi - lo + 1), o.write, o.shared, o.pc);
+  o.mask = 0;
+}
+
+void close_all() {
+  State& s = P();
+  for (size_t t = 0; t < s.threads.size(); ++t) close(int(t));
+}
+
+}  // namespace
+
+void launch_begin(const Config& c) {
+  if (!g_on) return;
+  State& s = P();
+  auto [it, fresh] = s.by_fn.emplace(c.fn, nullptr);
+  if (fresh) {
+    s.kernels.push_back(std::make_unique<KernelProfile>());
+    s.kernels.back()->name = kernel_name(c.fn);
+    it->second = s.kernels.back().get();
+  }
+  s.cur = it->second;
+  ++s.cur->launches;
+  s.threads.assign(size_t(c.block.x) * c.block.y * c.block.z, Thread{});
+  s.launch_ld.clear();
+  s.launch_st.clear();
+}
+
+void access(const void* p, size_t n, bool write, bool shared, const void* pc, int tid) {
+  State& s = P();
+  if (!s.cur || size_t(tid) >= s.threads.size()) return;
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  const uintptr_t chunk = a & ~uintptr_t(15);
+  const bool fits = n <= 16 && ((a + n - 1) & ~uintptr_t(15)) == chunk;
+  const unsigned bits = fits ? ((n == 16 ? 0xffffu : (1u << n) - 1) << (a - chunk)) : 0;
+  Open& o = s.threads[size_t(tid)].open;
+  if (fits && o.mask && o.chunk == chunk && o.write == write && o.shared == shared &&
+      !(o.mask & bits) && o.last_pc != pc) {
+    o.mask |= bits;  // the next piece of a split vector access
+    o.last_pc = pc;
+    return;
+  }
+  close(tid);
+  if (fits)
+    o = Open{chunk, bits, write, shared, pc, pc};
+  else
+    add(tid, a, unsigned(n), write, shared, pc);
+}
+
+void block_end() {
+  State& s = P();
+  if (!g_on || !s.cur) return;
+  close_all();
+  for (const auto& [key, q] : s.requests) cost(q);
+  s.requests.clear();
+  for (auto& t : s.threads) t.count.clear();
+  s.cur->l2_ld_bytes += 32 * s.block_ld.size();
+  s.cur->l2_st_bytes += 32 * s.block_st.size();
+  s.block_ld.clear();
+  s.block_st.clear();
+}
+
+void launch_end() {
+  State& s = P();
+  if (!g_on || !s.cur) return;
+  s.requests.clear();  // (a launch that failed)
+  s.cur->dram_ld_bytes += 32 * s.launch_ld.size();
+  s.cur->dram_st_bytes += 32 * s.launch_st.size();
+  s.cur = nullptr;
+}
+
+}  // namespace cudasim::prof
+
+namespace cudasim {
+
+bool profile_enable(bool on) {
+  prof::g_on = on && race::g_enabled;
+  return prof::g_on;
+}
+
+std::vector<KernelProfile> profile_take() {
+  auto& s = prof::P();
+  std::vector<KernelProfile> out;
+  for (const auto& k : s.kernels) out.push_back(*k);
+  s.kernels.clear();
+  s.by_fn.clear();
+  return out;
+}
+
+std::string short_name(std::string name) {
+  const std::string anon = "(anonymous namespace)::";
+  for (size_t i; (i = name.find(anon)) != std::string::npos;) name.erase(i, anon.size());
+  name = name.substr(0, name.find('('));
+  if (const size_t c = name.rfind("::", name.find('<')); c != std::string::npos)
+    name = name.substr(c + 2);
+  return name;
+}
+
+std::string profile_table(const std::vector<KernelProfile>& ps) {
+  std::ostringstream os;
+  char line[512];
+  std::snprintf(line, sizeof line, "%-40s %6s %9s %7s %8s %8s %9s %7s %8s %8s %9s %6s\n", "kernel",
+                "launch", "ld req", "sec/req", "L2 ld", "DRAM ld", "st req", "sec/req", "L2 st",
+                "DRAM st", "smem req", "confl");
+  os << line;
+  constexpr double MiB = 1 << 20;
+  for (const KernelProfile& k : ps) {
+    std::string name = short_name(k.name);
+    if (name.size() > 40) name = name.substr(0, 37) + "...";
+    std::snprintf(line, sizeof line,
+                  "%-40s %6llu %9llu %7.2f %7.2fM %7.2fM %9llu %7.2f %7.2fM %7.2fM %9llu %5.2fx\n",
+                  name.c_str(), (unsigned long long)k.launches, (unsigned long long)k.ld_requests,
+                  k.ld_sectors_per_request(), double(k.l2_ld_bytes) / MiB,
+                  double(k.dram_ld_bytes) / MiB, (unsigned long long)k.st_requests,
+                  k.st_sectors_per_request(), double(k.l2_st_bytes) / MiB,
+                  double(k.dram_st_bytes) / MiB, (unsigned long long)k.smem_requests,
+                  k.smem_conflict_factor());
+    os << line;
+  }
+  return os.str();
+}
+
+}  // namespace cudasim
+
+namespace cudasim::prof {
+void from_env() {
+  const char* e = std::getenv("CUDASIM_PROFILE");
+  if (!e || std::string(e) == "0" || g_on) return;
+  g_on = true;
+  std::atexit([] {
+    const auto ps = profile_take();
+    if (!ps.empty()) std::fprintf(stderr, "cudasim profile:\n%s", profile_table(ps).c_str());
+  });
+}
+}  // namespace cudasim::prof
