@@ -265,22 +265,23 @@ std::string short_name(std::string name) {
 std::string profile_table(const std::vector<KernelProfile>& ps) {
   std::ostringstream os;
   char line[512];
-  std::snprintf(line, sizeof line, "%-40s %6s %9s %7s %8s %8s %9s %7s %8s %8s %9s %6s\n", "kernel",
-                "launch", "ld req", "sec/req", "L2 ld", "DRAM ld", "st req", "sec/req", "L2 st",
-                "DRAM st", "smem req", "confl");
+  std::snprintf(line, sizeof line, "%-40s %6s %9s %7s %8s %8s %9s %7s %8s %8s %9s %9s %6s\n",
+                "kernel", "launch", "ld req", "sec/req", "L2 ld", "DRAM ld", "st req", "sec/req",
+                "L2 st", "DRAM st", "smem req", "smem wf", "confl");
   os << line;
   constexpr double MiB = 1 << 20;
   for (const KernelProfile& k : ps) {
     std::string name = short_name(k.name);
     if (name.size() > 40) name = name.substr(0, 37) + "...";
     std::snprintf(line, sizeof line,
-                  "%-40s %6llu %9llu %7.2f %7.2fM %7.2fM %9llu %7.2f %7.2fM %7.2fM %9llu %5.2fx\n",
+                  "%-40s %6llu %9llu %7.2f %7.2fM %7.2fM %9llu %7.2f %7.2fM %7.2fM %9llu %9llu "
+                  "%5.2fx\n",
                   name.c_str(), (unsigned long long)k.launches, (unsigned long long)k.ld_requests,
                   k.ld_sectors_per_request(), double(k.l2_ld_bytes) / MiB,
                   double(k.dram_ld_bytes) / MiB, (unsigned long long)k.st_requests,
                   k.st_sectors_per_request(), double(k.l2_st_bytes) / MiB,
                   double(k.dram_st_bytes) / MiB, (unsigned long long)k.smem_requests,
-                  k.smem_conflict_factor());
+                  (unsigned long long)k.smem_wavefronts, k.smem_conflict_factor());
     os << line;
   }
   return os.str();
