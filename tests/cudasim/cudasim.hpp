@@ -89,7 +89,7 @@ struct Config {
   dim3 grid, block;
   size_t smem = 0;
   void* stream = nullptr;
-  size_t smem_attr = 0;  // set by launch(): the function's dynamic shared memory limit
+  size_t smem_attr = 0;      // set by launch(): the function's dynamic shared memory limit
   const void* fn = nullptr;  // set by launch(): the kernel
 };
 template <class G, class B>

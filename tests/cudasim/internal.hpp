@@ -45,6 +45,7 @@ enum class Kind { read, write, atomic };
 enum class Tag { ldmatrix, cp_async };
 extern bool g_enabled;
 extern bool g_active;       // enabled, and a simulated thread runs
+extern bool g_check;        // races checked (false: accesses only profiled)
 extern uint64_t g_checked;  // accesses checked (CUDASIM_STATS)
 extern uint64_t g_pages;    // pages of device memory with a shadow (CUDASIM_STATS)
 void enable();

@@ -239,8 +239,9 @@ void launch_end() {
 
 namespace cudasim {
 
-bool profile_enable(bool on) {
+bool profile_enable(bool on, bool race_check) {
   prof::g_on = on && race::g_enabled;
+  race::g_check = race_check || !prof::g_on;
   return prof::g_on;
 }
 

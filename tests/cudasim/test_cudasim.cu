@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "profile.hpp"
 #include "tnas/core/error.hpp"
 
 namespace {
@@ -454,6 +455,57 @@ TEST_CASE("cudasim: the race checker reports shared-memory hazards, not ordered 
   CHECK(throws_with([&] { race_kernel<Race::waw><<<2, 64, smem>>>(out); },
                     "more accesses with an error in the block)"));
   cudaFree(out);
+}
+
+// Loads x[t * stride] (a warp of 32 lanes), stores it to shared memory at word t * stride
+// (mod 1056) and reads word t back, then stores a float4 per lane.
+__global__ void traffic_kernel(const float* x, float4* y, int stride) {
+  __shared__ float s[1056];
+  const int t = threadIdx.x;
+  s[t * stride % 1056] = x[t * stride];
+  __syncthreads();
+  const float v = s[t];
+  y[t] = make_float4(v, v, v, v);
+}
+
+TEST_CASE("cudasim: the profile counts sectors, DRAM bytes and bank conflicts") {
+  if (!cudasim::profile_enable(true)) {
+    MESSAGE("skipped: profiling needs the race-checking build of the simulator");
+    return;
+  }
+  float* x = dev_alloc<float>(32 * 32);
+  float4* y = dev_alloc<float4>(32);
+  const std::vector<float> zeros(32 * 32, 0.f);
+  cudaMemcpy(x, zeros.data(), zeros.size() * sizeof(float), cudaMemcpyHostToDevice);
+  cudasim::profile_take();
+  traffic_kernel<<<1, 32>>>(x, y, 1);  // coalesced, no conflicts
+  traffic_kernel<<<1, 32>>>(x, y, 1);
+  auto ps = cudasim::profile_take();
+  REQUIRE(ps.size() == 1);
+  const cudasim::KernelProfile& a = ps[0];
+  CHECK(cudasim::short_name(a.name) == "traffic_kernel");
+  CHECK(a.launches == 2);
+  CHECK(a.ld_requests == 2);
+  CHECK(a.ld_sectors == 8);  // 128 bytes: 4 sectors each
+  CHECK(a.ld_bytes == 256);
+  CHECK(a.dram_ld_bytes == 256);
+  CHECK(a.st_requests == 2);  // the float4 stores, counted once each though the host splits them
+  CHECK(a.st_sectors == 32);
+  CHECK(a.st_efficiency() == 1.0);
+  CHECK(a.smem_requests == 4);
+  CHECK(a.smem_wavefronts == 4);
+  CHECK(a.smem_conflict_factor() == 1.0);
+  traffic_kernel<<<1, 32>>>(x, y, 32);  // one sector per lane; every store to bank 0
+  ps = cudasim::profile_take();
+  REQUIRE(ps.size() == 1);
+  const cudasim::KernelProfile& b = ps[0];
+  CHECK(b.ld_sectors == 32);
+  CHECK(b.ld_bytes == 128);
+  CHECK(b.l2_ld_bytes == 32 * 32);
+  CHECK(b.smem_wavefronts == 32 + 1);
+  CHECK(b.smem_ideal == 2);
+  cudasim::profile_enable(false);
+  cudaFree(x), cudaFree(y);
 }
 
 TEST_CASE("cudasim: a float4 load or store through a misaligned pointer is an error") {
