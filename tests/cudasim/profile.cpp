@@ -295,6 +295,7 @@ void from_env() {
   const char* e = std::getenv("CUDASIM_PROFILE");
   if (!e || std::string(e) == "0" || g_on) return;
   g_on = true;
+  race::g_check = std::string(e) != "norace";
   std::atexit([] {
     const auto ps = profile_take();
     if (!ps.empty()) std::fprintf(stderr, "cudasim profile:\n%s", profile_table(ps).c_str());

@@ -55,8 +55,9 @@ struct KernelProfile {
 
 // Profiling needs the race-checking build (tnas_cudasim_race), whose kernels report every
 // access; elsewhere profile_enable returns false and nothing is counted. CUDASIM_PROFILE=1
-// turns it on for a whole run and prints the table on stderr at exit. race_check = false:
-// the accesses are profiled but not checked for races (about 3x faster).
+// turns it on for a whole run and prints the table on stderr at exit (CUDASIM_PROFILE=norace:
+// without race checking). race_check = false: the accesses are profiled but not checked for
+// races (about 3x faster).
 bool profile_enable(bool on, bool race_check = true);
 // The profiles counted since the last call, one per kernel in order of first launch; resets.
 std::vector<KernelProfile> profile_take();
