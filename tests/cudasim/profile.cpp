@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <sstream>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -24,24 +25,15 @@ bool g_on = false;
 
 namespace {
 
-// One warp instruction: its lanes' addresses (one access per lane).
-struct Request {
-  bool shared = false, write = false;
-  unsigned n = 0;  // bytes per lane
-  std::vector<std::pair<int, uintptr_t>> lanes;
-};
-// (warp, code address, the lane's count of accesses from that address): one instruction.
-struct Key {
-  int warp;
+// One lane's access, tagged with the warp instruction it belongs to: (warp, code address,
+// the lane's count of accesses from that address).
+struct Access {
   const void* pc;
-  uint32_t k;
-  bool operator==(const Key&) const = default;
-};
-struct KeyHash {
-  size_t operator()(const Key& x) const {
-    return std::hash<const void*>()(x.pc) ^ (size_t(x.warp) << 40) ^
-           (size_t(x.k) * 0x9e3779b97f4a7c15ull);
-  }
+  uint32_t warp, k;
+  uintptr_t a;
+  uint8_t lane, n;
+  bool write, shared;
+  auto key() const { return std::tuple(warp, reinterpret_cast<uintptr_t>(pc), k); }
 };
 // A lane's access being assembled from the pieces of a split vector access: bytes `mask` of
 // the aligned 16-byte chunk at `chunk`.
@@ -53,15 +45,16 @@ struct Open {
   const void* last_pc = nullptr;  // the latest piece's
 };
 struct Thread {
-  std::unordered_map<const void*, uint32_t> count;  // accesses per code address
+  std::vector<std::pair<const void*, uint32_t>> count;  // accesses per code address (few)
   Open open;
 };
 
 struct State {
-  std::unordered_map<Key, Request, KeyHash> requests;  // the running block's
+  std::vector<Access> accesses;                        // the running block's
   std::vector<Thread> threads;                         // the running block's
-  std::unordered_set<uintptr_t> block_ld, block_st;    // sectors of the running block
+  std::vector<uintptr_t> block_ld, block_st;           // sectors of the running block
   std::unordered_set<uintptr_t> launch_ld, launch_st;  // and of the launch
+  std::vector<uintptr_t> scratch;
   KernelProfile* cur = nullptr;
   std::vector<std::unique_ptr<KernelProfile>> kernels;  // in order of first launch
   std::unordered_map<const void*, KernelProfile*> by_fn;
@@ -69,6 +62,12 @@ struct State {
 State& P() {
   static State s;
   return s;
+}
+
+size_t sort_unique(std::vector<uintptr_t>& v) {
+  std::sort(v.begin(), v.end());
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+  return v.size();
 }
 
 // The kernel's name: from the program's symbol table via addr2line (binutils), as the race
@@ -112,53 +111,59 @@ uint64_t distinct_bytes(std::vector<std::pair<uintptr_t, uintptr_t>>& r) {
   return bytes;
 }
 
-void cost(const Request& q) {
+// Costs one warp instruction: the lanes' accesses [first, last).
+void cost(const Access* first, const Access* last) {
   State& s = P();
   KernelProfile& kp = *s.cur;
-  if (!q.shared) {
-    std::unordered_set<uintptr_t> sectors;
+  const bool write = first->write;
+  unsigned n = 0;
+  for (const Access* q = first; q != last; ++q) n = std::max(n, unsigned(q->n));
+  std::vector<uintptr_t>& v = s.scratch;
+  if (!first->shared) {
+    v.clear();
     std::vector<std::pair<uintptr_t, uintptr_t>> ranges;
-    for (const auto& [lane, a] : q.lanes) {
-      for (uintptr_t sec = a / 32; sec <= (a + q.n - 1) / 32; ++sec) sectors.insert(sec);
-      ranges.emplace_back(a, a + q.n);
+    for (const Access* q = first; q != last; ++q) {
+      for (uintptr_t sec = q->a / 32; sec <= (q->a + n - 1) / 32; ++sec) v.push_back(sec);
+      ranges.emplace_back(q->a, q->a + n);
     }
-    for (uintptr_t sec : sectors) {
-      (q.write ? s.block_st : s.block_ld).insert(sec);
-      (q.write ? s.launch_st : s.launch_ld).insert(sec);
+    const size_t sectors = sort_unique(v);
+    for (uintptr_t sec : v) {
+      (write ? s.block_st : s.block_ld).push_back(sec);
+      (write ? s.launch_st : s.launch_ld).insert(sec);
     }
     const uint64_t bytes = distinct_bytes(ranges);
-    if (q.write) {
-      ++kp.st_requests, kp.st_sectors += sectors.size(), kp.st_bytes += bytes;
+    if (write) {
+      ++kp.st_requests, kp.st_sectors += sectors, kp.st_bytes += bytes;
     } else {
-      ++kp.ld_requests, kp.ld_sectors += sectors.size(), kp.ld_bytes += bytes;
+      ++kp.ld_requests, kp.ld_sectors += sectors, kp.ld_bytes += bytes;
     }
     return;
   }
   // Shared memory, phase by phase: lanes [p * per, (p + 1) * per).
-  const int per = q.n <= 4 ? 32 : q.n <= 8 ? 16 : 8;
+  const int per = n <= 4 ? 32 : n <= 8 ? 16 : 8;
   ++kp.smem_requests;
   for (int p = 0; p * per < 32; ++p) {
-    std::unordered_set<uintptr_t> words;
-    for (const auto& [lane, a] : q.lanes)
-      if (lane / per == p)
-        for (uintptr_t w = a / 4; w <= (a + q.n - 1) / 4; ++w) words.insert(w);
-    if (words.empty()) continue;
+    v.clear();
+    for (const Access* q = first; q != last; ++q)
+      if (q->lane / per == p)
+        for (uintptr_t w = q->a / 4; w <= (q->a + n - 1) / 4; ++w) v.push_back(w);
+    if (v.empty()) continue;
+    const size_t words = sort_unique(v);
     int in_bank[32] = {};
-    for (uintptr_t w : words) ++in_bank[w % 32];
+    for (uintptr_t w : v) ++in_bank[w % 32];
     kp.smem_wavefronts += uint64_t(*std::max_element(in_bank, in_bank + 32));
-    kp.smem_ideal += (words.size() + 31) / 32;
+    kp.smem_ideal += (words + 31) / 32;
   }
 }
 
 // Makes thread tid's access [a, a + n) (from pc) one lane of its warp instruction.
 void add(int tid, uintptr_t a, unsigned n, bool write, bool shared, const void* pc) {
   State& s = P();
-  const uint32_t k = s.threads[size_t(tid)].count[pc]++;
-  Request& q = s.requests[Key{tid / 32, pc, k}];
-  q.shared = shared;
-  q.write = write;
-  q.n = std::max(q.n, n);
-  q.lanes.emplace_back(tid % 32, a);
+  auto& count = s.threads[size_t(tid)].count;
+  auto it = std::find_if(count.begin(), count.end(), [pc](const auto& c) { return c.first == pc; });
+  if (it == count.end()) it = count.insert(count.end(), {pc, 0});
+  s.accesses.push_back(Access{pc, uint32_t(tid / 32), it->second++, a, uint8_t(tid % 32),
+                              uint8_t(std::min(n, 255u)), write, shared});
 }
 
 void close(int tid) {
@@ -167,11 +172,6 @@ void close(int tid) {
   const int lo = __builtin_ctz(o.mask), hi = 31 - __builtin_clz(o.mask);
   add(tid, o.chunk + uintptr_t(lo), unsigned(hi - lo + 1), o.write, o.shared, o.pc);
   o.mask = 0;
-}
-
-void close_all() {
-  State& s = P();
-  for (size_t t = 0; t < s.threads.size(); ++t) close(int(t));
 }
 
 }  // namespace
@@ -187,7 +187,8 @@ void launch_begin(const Config& c) {
   }
   s.cur = it->second;
   ++s.cur->launches;
-  s.threads.assign(size_t(c.block.x) * c.block.y * c.block.z, Thread{});
+  s.threads.resize(size_t(c.block.x) * c.block.y * c.block.z);
+  for (Thread& t : s.threads) t.count.clear(), t.open = Open{};
   s.launch_ld.clear();
   s.launch_st.clear();
 }
@@ -216,12 +217,18 @@ void access(const void* p, size_t n, bool write, bool shared, const void* pc, in
 void block_end() {
   State& s = P();
   if (!g_on || !s.cur) return;
-  close_all();
-  for (const auto& [key, q] : s.requests) cost(q);
-  s.requests.clear();
+  for (size_t t = 0; t < s.threads.size(); ++t) close(int(t));
+  auto& acc = s.accesses;
+  std::sort(acc.begin(), acc.end(),
+            [](const Access& x, const Access& y) { return x.key() < y.key(); });
+  for (size_t i = 0, j; i < acc.size(); i = j) {
+    for (j = i + 1; j < acc.size() && acc[j].key() == acc[i].key();) ++j;
+    cost(&acc[i], &acc[j]);
+  }
+  acc.clear();
   for (auto& t : s.threads) t.count.clear();
-  s.cur->l2_ld_bytes += 32 * s.block_ld.size();
-  s.cur->l2_st_bytes += 32 * s.block_st.size();
+  s.cur->l2_ld_bytes += 32 * sort_unique(s.block_ld);
+  s.cur->l2_st_bytes += 32 * sort_unique(s.block_st);
   s.block_ld.clear();
   s.block_st.clear();
 }
@@ -229,7 +236,7 @@ void block_end() {
 void launch_end() {
   State& s = P();
   if (!g_on || !s.cur) return;
-  s.requests.clear();  // (a launch that failed)
+  s.accesses.clear();  // (a launch that failed)
   s.cur->dram_ld_bytes += 32 * s.launch_ld.size();
   s.cur->dram_st_bytes += 32 * s.launch_st.size();
   s.cur = nullptr;
