@@ -58,8 +58,6 @@ const KernelProfile& kernel(const std::vector<KernelProfile>& ps, const std::str
   return *found;
 }
 
-constexpr double kMiB = 1 << 20;
-
 Tensor rnd(const Shape& s, uint64_t seed) {
   Rng rng(seed);
   return Tensor::randn(s, rng).to(Device::cuda);
@@ -125,30 +123,4 @@ TEST_CASE("profile: the DARTS step's other memory-bound kernels at 64x16x32x32")
   check_traffic(kernel(mp, "max_pool_forward_kernel"), bytes, bytes);
   auto ap = profile("avg pool 3x3", [&] { (void)avg_pool2d(x); });
   check_traffic(kernel(ap, "avg_pool_forward_kernel"), bytes, bytes);
-}
-
-// By hand (`cudasim_profile_kernels --no-skip -tc="*DARTS*"`, about a minute): the kernels of
-// one first-order DARTS search step at batch 8 of the bench's network (32x32x3, C = 16, 8
-// cells), and the least DRAM traffic of the whole step. Its traffic grows with the batch, so
-// x8 is the bench's batch of 64, a lower bound on a GPU step's memory time.
-TEST_CASE("profile: one DARTS search step" * doctest::skip()) {
-  SKIP_WITHOUT_PROFILE();
-  search::Supernet<space::Darts> net(
-      {.in_channels = 3, .channels = 16, .cells = 8, .classes = 10, .seed = 0});
-  net.to(Device::cuda);
-  search::Darts darts(net, {.batch = 8, .verbose = false});
-  Rng rng(0);
-  data::Batch b;
-  b.x = Tensor::randn({8, 3, 32, 32}, rng);
-  for (int i = 0; i < 8; ++i) b.labels.push_back(i % 10);
-  darts.step(b, b, true);  // the first step allocates the optimizers' state
-  auto ps = profile("one DARTS search step, batch 8", [&] { darts.step(b, b, true); });
-  uint64_t launches = 0, dram = 0, l2 = 0;
-  for (const KernelProfile& k : ps) {
-    launches += k.launches;
-    dram += k.dram_ld_bytes + k.dram_st_bytes;
-    l2 += k.l2_ld_bytes + k.l2_st_bytes;
-  }
-  std::printf("%llu launches, %.1f MiB through DRAM, %.1f MiB between L2 and the SMs\n",
-              (unsigned long long)launches, double(dram) / kMiB, double(l2) / kMiB);
 }
