@@ -279,7 +279,6 @@ class GlobalAvgPool : public Module {
 
 // ---- Sequential -----------------------------------------------------------------------------
 
-// Applies its children in order; they are named "0", "1", ... as in PyTorch.
 // Whether Sequential runs a depthwise Conv2d followed by a pointwise one as one
 // separable_conv2d, which recomputes the depthwise output in the backward instead of holding it
 // from the forward (see Sequential::forward). On by default; the setting is per thread and
@@ -302,6 +301,7 @@ class RecomputeDepthwise {
   bool prev_;
 };
 
+// Applies its children in order; they are named "0", "1", ... as in PyTorch.
 class Sequential : public Module {
  public:
   Sequential() : Module("Sequential") {}
