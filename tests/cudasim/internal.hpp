@@ -35,6 +35,11 @@ size_t smem_limit(const void* fn);
 // launches that split their work to fit it.
 unsigned max_grid_yz();
 
+// The function and source location (file:line) of a code address in the program, from its
+// symbol table and debug information (addr2line, from binutils; racecheck.cpp); false when
+// they cannot be found.
+bool symbolize(const void* code, std::string& function, std::string& location);
+
 // ---- the race checker (racecheck.cpp) ----------------------------------------------------------
 // Off unless the kernels were built with the compiler's ThreadSanitizer instrumentation
 // (tnas_cudasim_race: its __tsan_init calls enable()) and CUDASIM_RACECHECK is not 0. The

@@ -3,14 +3,9 @@
 // instructions per block and costed when the block ends.
 #include "profile.hpp"
 
-#include <cxxabi.h>
-#include <dlfcn.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <map>
 #include <memory>
 #include <sstream>
 #include <tuple>
@@ -70,30 +65,14 @@ size_t sort_unique(std::vector<uintptr_t>& v) {
   return v.size();
 }
 
-// The kernel's name: from the program's symbol table via addr2line (binutils), as the race
-// checker names code; dladdr sees only exported symbols, and kernels are in anonymous
-// namespaces.
+// The kernel's name (dladdr sees only exported symbols, and kernels are in anonymous
+// namespaces).
 std::string kernel_name(const void* fn) {
+  std::string function, location;
+  if (symbolize(fn, function, location)) return function;
   std::ostringstream os;
   os << "kernel at " << fn;
-  Dl_info info;
-  if (!fn || !dladdr(fn, &info) || !info.dli_fbase) return os.str();
-  const uintptr_t off =
-      reinterpret_cast<uintptr_t>(fn) - reinterpret_cast<uintptr_t>(info.dli_fbase);
-  char exe[4096];
-  const ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  if (len <= 0) return os.str();
-  std::ostringstream cmd;
-  cmd << "addr2line -C -f -e '" << std::string(exe, size_t(len)) << "' 0x" << std::hex << off
-      << " 2>/dev/null";
-  std::string name;
-  if (FILE* f = popen(cmd.str().c_str(), "r")) {
-    char line[4096] = {};
-    if (std::fgets(line, sizeof line, f)) name = line;
-    pclose(f);
-  }
-  name.erase(name.find_last_not_of('\n') + 1);
-  return name.empty() || name[0] == '?' ? os.str() : name;
+  return os.str();
 }
 
 // The bytes of [a, a + n) ranges, overlaps counted once.

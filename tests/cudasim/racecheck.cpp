@@ -140,30 +140,13 @@ std::string site(const void* pc) {
   if (pc == &kLdmatrix) return "ldmatrix";
   if (pc == &kCpAsync) return "a cp.async copy";
   if (!pc) return "?";
+  // pc is a return address: the access is the call just before it.
+  std::string function, location;
+  if (symbolize(static_cast<const char*>(pc) - 1, function, location) && !location.empty() &&
+      location[0] != '?')
+    return location + " (" + function + ")";
   std::ostringstream os;
   os << pc;
-  Dl_info info;
-  if (!dladdr(pc, &info) || !info.dli_fbase) return os.str();
-  // pc is a return address: the access is the call just before it.
-  const uintptr_t off =
-      reinterpret_cast<uintptr_t>(pc) - reinterpret_cast<uintptr_t>(info.dli_fbase) - 1;
-  char exe[4096];
-  std::string file = info.dli_fname ? info.dli_fname : "";
-  const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  if (n > 0 && (file.empty() || file.find('/') == std::string::npos)) file.assign(exe, size_t(n));
-  std::ostringstream cmd;
-  cmd << "addr2line -C -f -e '" << file << "' 0x" << std::hex << off << " 2>/dev/null";
-  if (FILE* f = popen(cmd.str().c_str(), "r")) {
-    char fn[1024] = {}, loc[1024] = {};
-    const bool ok = std::fgets(fn, sizeof fn, f) && std::fgets(loc, sizeof loc, f);
-    pclose(f);
-    if (ok && loc[0] != '?') {
-      std::string a(fn), b(loc);
-      a.erase(a.find_last_not_of('\n') + 1);
-      b.erase(b.find_last_not_of('\n') + 1);
-      return b + " (" + a + ")";
-    }
-  }
   return os.str();
 }
 
@@ -449,9 +432,9 @@ void access(const void* p, size_t n, Kind k, const void* pc, bool aligned) {
         return;
       }
       s.hit = false;
-      ++g_checked;
       if (prof::g_on) prof::access(q, n, k != Kind::read, true, pc, s.tid);
       if (!g_check) return;
+      ++g_checked;
       for (size_t i = off; i < off + n; ++i) check(r->cells[i], false, r, i, nullptr, k, pc);
       s.hazards += s.hit;
       return;
@@ -468,9 +451,9 @@ void access(const void* p, size_t n, Kind k, const void* pc, bool aligned) {
     s.dev_lo = lo, s.dev_hi = lo + bytes;
   }
   s.hit = false;
-  ++g_checked;
   if (prof::g_on) prof::access(q, n, k != Kind::read, false, pc, s.tid);
   if (!g_check) return;
+  ++g_checked;
   for (uintptr_t b = a; b < a + n; ++b) {
     Cell* cells = global_cells(b >> kPageBits);
     if (!cells) break;
@@ -493,6 +476,30 @@ void note(const void* p, size_t n, Kind k, int tid, Tag tag) {
 }  // namespace cudasim::race
 
 namespace cudasim {
+bool symbolize(const void* code, std::string& function, std::string& location) {
+  Dl_info info;
+  if (!code || !dladdr(code, &info) || !info.dli_fbase) return false;
+  const uintptr_t off =
+      reinterpret_cast<uintptr_t>(code) - reinterpret_cast<uintptr_t>(info.dli_fbase);
+  char exe[4096];
+  std::string file = info.dli_fname ? info.dli_fname : "";
+  const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n > 0 && (file.empty() || file.find('/') == std::string::npos)) file.assign(exe, size_t(n));
+  std::ostringstream cmd;
+  cmd << "addr2line -C -f -e '" << file << "' 0x" << std::hex << off << " 2>/dev/null";
+  FILE* f = popen(cmd.str().c_str(), "r");
+  if (!f) return false;
+  char fn[4096] = {}, loc[1024] = {};
+  const bool ok = std::fgets(fn, sizeof fn, f) && std::fgets(loc, sizeof loc, f);
+  pclose(f);
+  if (!ok || fn[0] == '?') return false;
+  function = fn;
+  location = loc;
+  function.erase(function.find_last_not_of('\n') + 1);
+  location.erase(location.find_last_not_of('\n') + 1);
+  return true;
+}
+
 void atomic_begin(const void* p, size_t n) {
   if (race::g_active) race::access(p, n, race::Kind::atomic, __builtin_return_address(0));
   internal_begin();
