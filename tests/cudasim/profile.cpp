@@ -45,11 +45,12 @@ struct Thread {
 };
 
 struct State {
-  std::vector<Access> accesses;                        // the running block's
-  std::vector<Thread> threads;                         // the running block's
-  std::vector<uintptr_t> block_ld, block_st;           // sectors of the running block
-  std::unordered_set<uintptr_t> launch_ld, launch_st;  // and of the launch
-  std::vector<uintptr_t> scratch;
+  std::vector<Access> accesses;                         // the running block's
+  std::vector<Thread> threads;                          // the running block's
+  std::vector<uintptr_t> block_ld, block_st;            // sectors of the running block
+  std::unordered_set<uintptr_t> launch_ld, launch_st;   // and of the launch
+  std::vector<uintptr_t> scratch;                       // cost()'s, reused
+  std::vector<std::pair<uintptr_t, uintptr_t>> ranges;  // cost()'s, reused
   KernelProfile* cur = nullptr;
   std::vector<std::unique_ptr<KernelProfile>> kernels;  // in order of first launch
   std::unordered_map<const void*, KernelProfile*> by_fn;
@@ -100,7 +101,8 @@ void cost(const Access* first, const Access* last) {
   std::vector<uintptr_t>& v = s.scratch;
   if (!first->shared) {
     v.clear();
-    std::vector<std::pair<uintptr_t, uintptr_t>> ranges;
+    auto& ranges = s.ranges;
+    ranges.clear();
     for (const Access* q = first; q != last; ++q) {
       for (uintptr_t sec = q->a / 32; sec <= (q->a + n - 1) / 32; ++sec) v.push_back(sec);
       ranges.emplace_back(q->a, q->a + n);
