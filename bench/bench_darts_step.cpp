@@ -104,8 +104,8 @@ int main(int argc, char** argv) {
         "{\"impl\":\"tnas\",\"device\":\"%s\",\"graph\":%s,\"batch\":%ld,\"hw\":%ld,\"cin\":%ld,"
         "\"C\":%ld,"
         "\"layers\":%ld,"
-        "\"second_order\":%s,\"recompute\":%s,\"step_ms_median\":%.1f,\"step_ms_min\":%.1f,\"peak_"
-        "rss_MiB\":%.1f,"
+        "\"second_order\":%s,\"recompute\":%s,"
+        "\"step_ms_median\":%.1f,\"step_ms_min\":%.1f,\"peak_rss_MiB\":%.1f,"
         "\"tensor_peak_MiB\":%.1f,\"cached_MiB\":%.1f,\"system_allocs\":%zu,\"iters\":%ld,\"warm\":"
         "%ld,\"warmup_s\":%.2f,\"last_loss\":%.4f,\"n_weight_params\":%lld}"
         "\n",
