@@ -20,18 +20,6 @@ using V = std::vector<Tensor>;
 
 namespace {
 
-bool have_gpu() {
-  static const bool ok = cuda::device_count() > 0 && cuda::available();
-  return ok;
-}
-#define SKIP_WITHOUT_GPU()                \
-  do {                                    \
-    if (!have_gpu()) {                    \
-      MESSAGE("skipped: no CUDA device"); \
-      return;                             \
-    }                                     \
-  } while (0)
-
 // Fills the device cache with NaN blocks of the sizes a case will ask for, so outputs start
 // as NaN wherever the allocator hands out a cached block.
 void poison(const std::vector<int64_t>& numels) {
@@ -94,7 +82,7 @@ Tensor rnd(const Shape& s, uint64_t seed, double stddev = 1.0) {
 }  // namespace
 
 TEST_CASE("cuda: tensors round-trip and fill, convert, gather, accumulate") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   Tensor a = rnd({3, 5, 7, 9}, 1);
   Tensor d = a.to(Device::cuda);
   CHECK(d.device() == Device::cuda);
@@ -109,7 +97,7 @@ TEST_CASE("cuda: tensors round-trip and fill, convert, gather, accumulate") {
 }
 
 TEST_CASE("cuda: elementwise, broadcasting, reductions") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   Tensor a = rnd({3, 5, 7}, 2), b = rnd({5, 1}, 3), c = rnd({3, 5, 7}, 4);
   compare("add broadcast", [](const V& x) { return add(x[0], x[1]); }, {a, b});
   compare("sub", [](const V& x) { return sub(x[0], x[1]); }, {a, c});
@@ -220,7 +208,7 @@ class EngineScope {
 }  // namespace
 
 TEST_CASE("cuda: depthwise and dilated depthwise conv, every kernel size / stride / dilation") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   check_depthwise_convs({Shape{3, 5, 7, 9}, Shape{2, 4, 16, 16}, Shape{1, 3, 13, 37}});
 }
 
@@ -231,7 +219,7 @@ struct GridLimitScope : testing::EnvScope {
 };
 
 TEST_CASE("cuda: depthwise convs split to fit the grid, past 48 KB of shared memory, and empty") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   {
     // N*C planes along z and the weight gradient's channels along y, at most 2 blocks each:
     // 5 images of 7 channels at 9x9 run as launches of 2, 2 and 1 images, and of 2 channels.
@@ -260,7 +248,7 @@ TEST_CASE("cuda: depthwise convs split to fit the grid, past 48 KB of shared mem
 }
 
 TEST_CASE("cuda: pointwise, dense, grouped and strided conv, with bias; linear and matmul") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   check_other_convs();
   compare("linear", [](const V& v) { return linear(v[0], v[1], v[2]); },
           {rnd({7, 11}, 36), rnd({5, 11}, 37), rnd({5}, 38)});
@@ -269,7 +257,7 @@ TEST_CASE("cuda: pointwise, dense, grouped and strided conv, with bias; linear a
 }
 
 TEST_CASE("cuda: convolution engines: native kernels and cuDNN for every shape") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   const std::string about = std::string("conv engine by default: ") +
                             cuda::to_string(cuda::conv_engine()) +
                             "; cuDNN in this build: " + (cuda::has_cudnn() ? "yes" : "no");
@@ -288,7 +276,7 @@ TEST_CASE("cuda: convolution engines: native kernels and cuDNN for every shape")
 }
 
 TEST_CASE("cuda: every convolution engine repeats its results bit for bit") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   // Large enough reductions (weight gradients over N*P*Q = 1,350 terms) that a summation order
   // changing between calls would show.
   const Tensor x = rnd({6, 8, 15, 15}, 70), w = rnd({8, 8, 3, 3}, 71), g = rnd({6, 8, 15, 15}, 72);
@@ -329,7 +317,7 @@ TEST_CASE("cuda: conv engine names") {
 }
 
 TEST_CASE("cuda: max and avg pooling") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   for (int stride : {1, 2})
     for (auto shape : {Shape{3, 5, 7, 9}, Shape{2, 3, 8, 8}}) {
       Tensor x = rnd(shape, 50 + stride);
@@ -344,7 +332,7 @@ TEST_CASE("cuda: max and avg pooling") {
 }
 
 TEST_CASE("cuda: mixed-op weighted sum") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   const Shape s{3, 5, 7, 9};
   compare("weighted_sum",
           [](const V& v) {
@@ -359,7 +347,7 @@ TEST_CASE("cuda: mixed-op weighted sum") {
 }
 
 TEST_CASE("cuda: batch norm, train and eval, affine or not") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   // one block per channel; channels split over 6 blocks with chunks that end inside a row; the
   // same with a large mean and a small spread (the chunks' statistics merged without losing it)
   struct Case {
@@ -401,7 +389,7 @@ TEST_CASE("cuda: batch norm, train and eval, affine or not") {
 }
 
 TEST_CASE("cuda: softmax, log_softmax, cross-entropy") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   Tensor x = rnd({7, 10}, 80, 2.0);
   compare("softmax", [](const V& v) { return softmax(v[0]); }, {x});
   compare("log_softmax", [](const V& v) { return log_softmax(v[0]); }, {rnd({5, 37}, 81)});
@@ -410,7 +398,7 @@ TEST_CASE("cuda: softmax, log_softmax, cross-entropy") {
 }
 
 TEST_CASE("cuda: a missing kernel names the op and the device") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   Tensor x = rnd({2, 3}, 90).to(DType::f64).to(Device::cuda);
   CHECK(testing::throws_with([&] { softmax(x); }, {"softmax", "cuda", "float32"}));
 }
@@ -445,7 +433,7 @@ struct ParamSet {
 }  // namespace
 
 TEST_CASE("cuda: fused SGD and Adam steps equal the CPU updates") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   for (bool nesterov : {false, true}) {
     INFO("nesterov ", nesterov);
     ParamSet ps(90, 100);
@@ -475,7 +463,7 @@ TEST_CASE("cuda: fused SGD and Adam steps equal the CPU updates") {
 }
 
 TEST_CASE("cuda: gradient clipping on the device, with and without clipping, and NaN") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   for (double scale : {0.01, 3.0}) {
     INFO("gradient scale ", scale);
     ParamSet ps(60, 500);
@@ -498,7 +486,7 @@ TEST_CASE("cuda: gradient clipping on the device, with and without clipping, and
 }
 
 TEST_CASE("cuda: a DARTS search step gives the CPU's loss on the same weights and batch") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   for (bool second_order : {false, true}) {
     INFO("second order ", second_order);
     search::SupernetConfig cfg{.in_channels = 3, .channels = 8, .cells = 3, .classes = 10};
@@ -528,7 +516,7 @@ TEST_CASE("cuda: a DARTS search step gives the CPU's loss on the same weights an
 }
 
 TEST_CASE("cuda: a captured graph replays on new inputs; a host copy inside a capture is refused") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   Tensor x = rnd({1001}, 900).to(Device::cuda);
   Tensor y;
   DeviceGraph g(Device::cuda);
@@ -547,7 +535,7 @@ TEST_CASE("cuda: a captured graph replays on new inputs; a host copy inside a ca
 }
 
 TEST_CASE("cuda: DARTS steps replayed as a CUDA graph equal the eager steps") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   for (bool one_level : {false, true}) {
     INFO("one level ", one_level);
     search::SupernetConfig cfg{.in_channels = 3, .channels = 8, .cells = 3, .classes = 10};

@@ -25,18 +25,6 @@ using namespace tnas;
 
 namespace {
 
-bool have_gpu() {
-  static const bool ok = cuda::device_count() > 0 && cuda::available();
-  return ok;
-}
-#define SKIP_WITHOUT_GPU()                \
-  do {                                    \
-    if (!have_gpu()) {                    \
-      MESSAGE("skipped: no CUDA device"); \
-      return;                             \
-    }                                     \
-  } while (0)
-
 // Sets TNAS_XNOR_PATH for the scope (nullptr: unset, the kernels choose).
 struct PathScope : testing::EnvScope {
   explicit PathScope(const char* path) : EnvScope("TNAS_XNOR_PATH", path) {}
@@ -128,7 +116,7 @@ const std::vector<ConvCase> kConvCases = {
 }  // namespace
 
 TEST_CASE("cuda xnor_conv2d: equals the float conv of the signs, both kernels, exactly") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   const auto& k = backend::kernels(Device::cuda);
   REQUIRE(bool(k.xnor_conv2d));
   uint64_t seed = 100;
@@ -151,7 +139,7 @@ TEST_CASE("cuda xnor_conv2d: equals the float conv of the signs, both kernels, e
 }
 
 TEST_CASE("cuda xnor_conv2d: pre-packed weights give the same result on both kernels") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   uint64_t seed = 300;
   for (const ConvCase& c : {kConvCases[1], kConvCases[3], kConvCases[8], kConvCases[11]}) {
     const backend::ConvShape p = conv_shape(c);
@@ -174,7 +162,7 @@ TEST_CASE("cuda xnor_conv2d: pre-packed weights give the same result on both ker
 }
 
 TEST_CASE("cuda xnor_gemm: equals the product of the signs, both kernels, exactly") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   const auto& k = backend::kernels(Device::cuda);
   REQUIRE(bool(k.xnor_gemm));
   struct G {
@@ -208,7 +196,7 @@ TEST_CASE("cuda xnor_gemm: equals the product of the signs, both kernels, exactl
 }
 
 TEST_CASE("cuda xnor: a bad TNAS_XNOR_PATH is reported") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   const ConvCase c{1, 3, 5, 5, 2, 3, 3, 1, 1, 1, 1};
   const backend::ConvShape p = conv_shape(c);
   Tensor x = Tensor::zeros({1, 3, 5, 5}, DType::f32, Device::cuda);
@@ -227,7 +215,7 @@ TEST_CASE("cuda xnor: a bad TNAS_XNOR_PATH is reported") {
 #include "tnas/ops/binary.hpp"
 // The Tensor-level op (ops/binary.hpp) runs the same on both devices.
 TEST_CASE("cuda xnor: the xnor_conv2d op on CUDA tensors equals its CPU result") {
-  SKIP_WITHOUT_GPU();
+  TNAS_SKIP_WITHOUT_GPU();
   uint64_t seed = 700;
   for (const ConvCase& c : {kConvCases[2], kConvCases[5], kConvCases[12]}) {
     INFO(describe(c));

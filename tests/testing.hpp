@@ -12,6 +12,9 @@
 #include "tnas/core/rng.hpp"
 #include "tnas/core/tensor.hpp"
 #include "tnas/data/dataset.hpp"
+#if defined(TNAS_HAVE_CUDA)
+#include "tnas/backend/cuda/cuda.hpp"
+#endif
 
 namespace tnas::testing {
 
@@ -100,4 +103,29 @@ inline data::Dataset quadrants(int64_t n, uint64_t seed) {
   return ds;
 }
 
+// DARTS_V2, the normal and reduction cells of the DARTS paper, in its notation.
+inline constexpr const char* kDartsV2 =
+    "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
+    "('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), "
+    "('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), "
+    "('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), "
+    "('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])";
+
+#if defined(TNAS_HAVE_CUDA)
+// Whether a CUDA device is there to test on (asked once).
+inline bool have_gpu() {
+  static const bool ok = cuda::device_count() > 0 && cuda::available();
+  return ok;
+}
+#endif
+
 }  // namespace tnas::testing
+
+// Ends a CUDA test case with a message where there is no GPU.
+#define TNAS_SKIP_WITHOUT_GPU()           \
+  do {                                    \
+    if (!::tnas::testing::have_gpu()) {   \
+      MESSAGE("skipped: no CUDA device"); \
+      return;                             \
+    }                                     \
+  } while (0)
