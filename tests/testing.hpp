@@ -121,6 +121,7 @@ inline bool have_gpu() {
 
 }  // namespace tnas::testing
 
+#if defined(TNAS_HAVE_CUDA)
 // Ends a CUDA test case with a message where there is no GPU.
 #define TNAS_SKIP_WITHOUT_GPU()           \
   do {                                    \
@@ -129,3 +130,4 @@ inline bool have_gpu() {
       return;                             \
     }                                     \
   } while (0)
+#endif
