@@ -5,8 +5,9 @@
 //
 // represents: one training run of `model` on `train` with evaluation on `eval` (a validation
 //   or test set), described by FitOptions.
-// requires: model's parameters are float32 CPU tensors (the DataLoader's batches are float32);
-//   the data sets are valid (data::Dataset::check) with as many classes as the model outputs.
+// requires: model's parameters are float32 tensors on one device (the CPU or a device backend;
+//   the DataLoader's float32 batches are moved to it); the data sets are valid
+//   (data::Dataset::check) with as many classes as the model outputs.
 // ensures: on the CPU, a run interrupted (epochs_this_run, max_steps, budget_seconds) and
 //   resumed from out_dir/train.ckpt with the same options ends with the same weights, bit for
 //   bit, as the uninterrupted run: the checkpoint holds the model's state dict, the optimizer's
