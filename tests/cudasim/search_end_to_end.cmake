@@ -4,11 +4,11 @@
 # and its --search-samples.
 #
 #   cmake -DEXE=tnas-search-cudasim -DIDX_HEAD=idx_head.sh -DDATA=<fashion-mnist dir>
-#         -DWORK=<scratch dir> -DCOMPARE=ON|OFF -DARGS="--search-samples 128 ..."
+#         -DWORK=<scratch dir> -DCOMPARE=ON|OFF -DARGS="--search-samples 64 ..."
 #         -P search_end_to_end.cmake
 #
-# COMPARE=ON: the two devices must find the same genotype and give the same test accuracy,
-# supernet accuracy and test loss (1e-4 relative). For the binary space (COMPARE=OFF) they need
+# COMPARE=ON: the two devices must find the same genotype and give the same test accuracy and
+# supernet accuracy, and the same test loss and search training loss (1e-4 relative). For the binary space (COMPARE=OFF) they need
 # not: an activation within a float rounding of 0 takes a different sign on the other device and
 # changes a binary network's path (one BATS supernet step, C=4, batch 16, six seeds: the loss
 # agreed to 1e-7 for three and differed by 2e-4 to 7e-4 for the others), so both runs are only
@@ -52,10 +52,14 @@ function(run name)
   string(JSON loss GET "${json}" test_loss)
   message(STATUS "${name} (${ARGN}): test accuracy ${acc}, loss ${loss} (${dt} s)")
   set(${name}_json "${json}" PARENT_SCOPE)
+  # The search's last epoch (search/alphas.jsonl: losses, accuracies, alphas).
+  file(STRINGS "${WORK}/${name}/search/alphas.jsonl" epochs)
+  list(GET epochs -1 last)
+  set(${name}_search_json "${last}" PARENT_SCOPE)
   set(${name}_err "${err}" PARENT_SCOPE)
 endfunction()
 
-# same(A B KEY TOL): the field KEY of results A and B, equal within relative tolerance TOL
+# same(A B KEY TOL): the field KEY of results A and B (A_json, B_json), equal within relative tolerance TOL
 # (exactly where TOL is 0; strings compare exactly).
 function(same a b key tol)
   string(JSON va GET "${${a}_json}" ${key})
@@ -88,6 +92,7 @@ if(COMPARE)
   same(cpu cuda test_accuracy 0)
   same(cpu cuda test_loss 1e-4)
   same(cpu cuda supernet_valid_accuracy 0)
+  same(cpu_search cuda_search train_loss 1e-4)  # the supernet's training loss in the search
 else()
   string(JSON kind TYPE "${cuda_json}" genotype)
   string(JSON cpu_layers ERROR_VARIABLE e1 GET "${cpu_json}" binary binary_layers)
