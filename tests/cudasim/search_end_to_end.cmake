@@ -7,12 +7,12 @@
 #         -DWORK=<scratch dir> -DCOMPARE=ON|OFF -DARGS="--search-samples 64 ..."
 #         -P search_end_to_end.cmake
 #
-# COMPARE=ON: the two devices must find the same genotype and give the same test accuracy and
-# supernet accuracy, and the same test loss and search training loss (1e-4 relative). For the binary space (COMPARE=OFF) they need
-# not: an activation within a float rounding of 0 takes a different sign on the other device and
-# changes a binary network's path (one BATS supernet step, C=4, batch 16, six seeds: the loss
-# agreed to 1e-7 for three and differed by 2e-4 to 7e-4 for the others), so both runs are only
-# checked to end with a fully binary network.
+# COMPARE=ON: the two devices must find the same genotype and give the same test and supernet
+# accuracies, and the same test loss and search training loss (1e-4 relative). For the binary
+# space (COMPARE=OFF) they need not: an activation within a float rounding of 0 takes a
+# different sign on the other device and changes a binary network's path (one BATS supernet
+# step, C=4, batch 16, six seeds: the loss agreed to 1e-7 for three and differed by 2e-4 to
+# 7e-4 for the others), so both runs are only checked to end with a fully binary network.
 # The resumed run loads the finished run's checkpoints onto the device and must give its test
 # loss and accuracy exactly (the same weights evaluated on the same images).
 cmake_minimum_required(VERSION 3.19)  # string(JSON)
@@ -37,7 +37,8 @@ set(_job --data "${WORK}/data" --budget-minutes 0 --epochs 1 --train-epochs 1 --
     --cells 2 --batch 16 --train-channels 4 --train-cells 2 --train-batch 32
     --train-steps-per-epoch 4 --seed 3)
 
-# run(NAME args...): the job with its output in ${WORK}/NAME; sets ${NAME}_json to its result.
+# run(NAME args...): the job with its output in ${WORK}/NAME; sets NAME_json to its result,
+# NAME_search_json to the search's last epoch and NAME_err to its progress output (stderr).
 function(run name)
   string(TIMESTAMP t0 "%s")
   execute_process(COMMAND "${EXE}" ${_job} ${ARGN} --out "${WORK}/${name}"
@@ -59,8 +60,8 @@ function(run name)
   set(${name}_err "${err}" PARENT_SCOPE)
 endfunction()
 
-# same(A B KEY TOL): the field KEY of results A and B (A_json, B_json), equal within relative tolerance TOL
-# (exactly where TOL is 0; strings compare exactly).
+# same(A B KEY TOL): the field KEY of the JSON objects A_json and B_json, equal within relative
+# tolerance TOL (exactly where TOL is 0; strings compare exactly).
 function(same a b key tol)
   string(JSON va GET "${${a}_json}" ${key})
   string(JSON vb GET "${${b}_json}" ${key})
@@ -94,7 +95,6 @@ if(COMPARE)
   same(cpu cuda supernet_valid_accuracy 0)
   same(cpu_search cuda_search train_loss 1e-4)  # the supernet's training loss in the search
 else()
-  string(JSON kind TYPE "${cuda_json}" genotype)
   string(JSON cpu_layers ERROR_VARIABLE e1 GET "${cpu_json}" binary binary_layers)
   string(JSON cuda_layers ERROR_VARIABLE e2 GET "${cuda_json}" binary binary_layers)
   if(e1 OR e2 OR NOT cpu_layers GREATER 0 OR NOT cuda_layers GREATER 0)
